@@ -1,0 +1,272 @@
+package crdt
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"slices"
+
+	"github.com/syncd/syncd/hlc"
+)
+
+// Sibling is one live write of a register: a value with its dot and HLC.
+type Sibling struct {
+	Dot   Dot             `json:"dot"`
+	HLC   hlc.Timestamp   `json:"hlc"`
+	Value json.RawMessage `json:"value,omitempty"`
+}
+
+// Stamp orders siblings; the newest is the register's displayed value.
+func (s Sibling) Stamp() Stamp { return Stamp{s.HLC, s.Dot.Replica} }
+
+// Register is the state of lww and manual fields: every write not yet
+// superseded, newest first, and the superseded dots. LWW shows the newest
+// and keeps the rest as conflict history; manual shows them all as
+// siblings. One state for both means a schema change between the two never
+// loses a write.
+type Register struct {
+	Sibs []Sibling `json:"sibs,omitempty"`
+	Dead Ctx       `json:"dead,omitempty"`
+}
+
+func (r *Register) apply(c *Change) bool {
+	changed := false
+	for _, d := range c.Context {
+		if !r.Dead.Covers(d) {
+			r.Dead = r.Dead.Add(d)
+			changed = true
+		}
+	}
+	if changed {
+		r.Sibs = slices.DeleteFunc(r.Sibs, func(s Sibling) bool { return r.Dead.Covers(s.Dot) })
+	}
+	d := c.Dot()
+	if !r.Dead.Covers(d) && !slices.ContainsFunc(r.Sibs, func(s Sibling) bool { return s.Dot == d }) {
+		s := Sibling{Dot: d, HLC: c.HLC, Value: c.Value}
+		st := s.Stamp()
+		i, _ := slices.BinarySearchFunc(r.Sibs, st, func(e Sibling, t Stamp) int {
+			if t.Less(e.Stamp()) {
+				return -1 // newest first
+			}
+			return 1
+		})
+		r.Sibs = slices.Insert(r.Sibs, i, s)
+		changed = true
+	}
+	if len(r.Sibs) == 0 {
+		r.Sibs = nil
+	}
+	return changed
+}
+
+// Dots lists the live siblings' dots: the context of a write that has seen
+// them all.
+func (r *Register) Dots() []Dot {
+	ds := make([]Dot, len(r.Sibs))
+	for i, s := range r.Sibs {
+		ds[i] = s.Dot
+	}
+	return ds
+}
+
+// Tag is one live add of a set element.
+type Tag struct {
+	Dot Dot           `json:"dot"`
+	HLC hlc.Timestamp `json:"hlc"`
+}
+
+// Element is one value of an OR-set with its live adds and removed dots.
+// An element with no live adds is absent but keeps its removed dots, so an
+// add that arrives after its remove stays removed.
+type Element struct {
+	Value json.RawMessage `json:"value"`
+	Adds  []Tag           `json:"adds,omitempty"`
+	Dead  Ctx             `json:"dead,omitempty"`
+}
+
+// ORSet is an add-wins observed-remove set: a remove takes out only the
+// adds it observed, so a concurrent add survives.
+type ORSet struct {
+	Elems []Element `json:"elems"` // sorted by canonical value
+}
+
+func (s *ORSet) find(v []byte) (int, bool) {
+	return slices.BinarySearchFunc(s.Elems, v, func(e Element, v []byte) int { return bytes.Compare(e.Value, v) })
+}
+
+func (s *ORSet) apply(c *Change) bool {
+	i, ok := s.find(c.Value)
+	if !ok {
+		s.Elems = slices.Insert(s.Elems, i, Element{Value: c.Value})
+	}
+	e := &s.Elems[i]
+	changed := !ok
+	pruned := false
+	for _, d := range c.Context {
+		if !e.Dead.Covers(d) {
+			e.Dead = e.Dead.Add(d)
+			pruned = true
+		}
+	}
+	if pruned {
+		e.Adds = slices.DeleteFunc(e.Adds, func(t Tag) bool { return e.Dead.Covers(t.Dot) })
+		if len(e.Adds) == 0 {
+			e.Adds = nil
+		}
+		changed = true
+	}
+	if c.Op == OpAdd {
+		d := c.Dot()
+		if !e.Dead.Covers(d) && !slices.ContainsFunc(e.Adds, func(t Tag) bool { return t.Dot == d }) {
+			e.Adds = append(e.Adds, Tag{d, c.HLC})
+			slices.SortFunc(e.Adds, func(a, b Tag) int { return cmpDot(a.Dot, b.Dot) })
+			changed = true
+		}
+	}
+	return changed
+}
+
+// Element returns the element holding value v, if any.
+func (s *ORSet) Element(v []byte) *Element {
+	if i, ok := s.find(v); ok {
+		return &s.Elems[i]
+	}
+	return nil
+}
+
+// Part is one replica's contribution to a counter.
+type Part struct {
+	Replica ReplicaID     `json:"replica"`
+	Seq     uint64        `json:"seq"`   // the origin seq of the change that set Total
+	Total   int64         `json:"total"` // the replica's running sum of its deltas
+	HLC     hlc.Timestamp `json:"hlc"`
+}
+
+// Counter is a PN-counter: the sum of each replica's latest running total.
+// The latest total per replica (by its own sequence) wins, which makes
+// merge idempotent and order-free without keeping every dot.
+type Counter struct {
+	Parts []Part `json:"parts"` // sorted by replica
+}
+
+func (ct *Counter) apply(c *Change) bool {
+	i, ok := slices.BinarySearchFunc(ct.Parts, c.Origin, func(p Part, r ReplicaID) int { return bytes.Compare(p.Replica[:], r[:]) })
+	if ok {
+		if ct.Parts[i].Seq >= c.Seq {
+			return false
+		}
+		ct.Parts[i] = Part{c.Origin, c.Seq, c.Total, c.HLC}
+		return true
+	}
+	ct.Parts = slices.Insert(ct.Parts, i, Part{c.Origin, c.Seq, c.Total, c.HLC})
+	return true
+}
+
+// Value sums the parts, saturating rather than wrapping: writes that would
+// overflow are refused at their origin, so saturation only shows under a
+// forged total, and it is the same on every replica.
+func (ct *Counter) Value() int64 {
+	var sum int64
+	for _, p := range ct.Parts {
+		sum = SatAdd(sum, p.Total)
+	}
+	return sum
+}
+
+// Part returns replica r's running total (0 if it never counted).
+func (ct *Counter) Part(r ReplicaID) int64 {
+	i, ok := slices.BinarySearchFunc(ct.Parts, r, func(p Part, r ReplicaID) int { return bytes.Compare(p.Replica[:], r[:]) })
+	if ok {
+		return ct.Parts[i].Total
+	}
+	return 0
+}
+
+// SatAdd adds with saturation at the int64 bounds.
+func SatAdd(a, b int64) int64 {
+	s := a + b
+	if a > 0 && b > 0 && s < 0 {
+		return math.MaxInt64
+	}
+	if a < 0 && b < 0 && s >= 0 {
+		return math.MinInt64
+	}
+	return s
+}
+
+// AddOverflows reports whether a+b leaves int64.
+func AddOverflows(a, b int64) bool {
+	s := a + b
+	return (a > 0 && b > 0 && s < 0) || (a < 0 && b < 0 && s >= 0)
+}
+
+// Field is the merged state of one field. Each kind's state is kept apart,
+// so ops of different kinds sent by replicas with different schemas all
+// merge; which one is shown is decided by the newest change (LastKind),
+// the same on every replica.
+//
+// The document record (field name "") is a Field too: its Last is the
+// newest delete.
+type Field struct {
+	Last     Stamp    `json:"last"`
+	LastKind Kind     `json:"last_kind,omitempty"`
+	Reg      Register `json:"reg"`
+	Set      *ORSet   `json:"set,omitempty"`
+	Ctr      *Counter `json:"ctr,omitempty"`
+}
+
+// Apply merges one change into the field and reports whether the state
+// changed. It never fails: Validate has already refused what cannot merge.
+func (f *Field) Apply(c *Change) bool {
+	changed := false
+	if st := c.Stamp(); f.Last.Less(st) {
+		f.Last, f.LastKind = st, c.Kind
+		changed = true
+	}
+	switch c.Op {
+	case OpSet, OpResolve:
+		changed = f.Reg.apply(c) || changed
+	case OpAdd, OpRemove:
+		if f.Set == nil {
+			f.Set = &ORSet{}
+		}
+		changed = f.Set.apply(c) || changed
+	case OpIncr:
+		if f.Ctr == nil {
+			f.Ctr = &Counter{}
+		}
+		changed = f.Ctr.apply(c) || changed
+	}
+	return changed
+}
+
+// Clone returns a deep copy, so a replica can stage a change without
+// touching the state its storage handed it.
+func (f *Field) Clone() *Field {
+	g := &Field{Last: f.Last, LastKind: f.LastKind}
+	g.Reg.Sibs = slices.Clone(f.Reg.Sibs)
+	g.Reg.Dead = slices.Clone(f.Reg.Dead)
+	if f.Set != nil {
+		g.Set = &ORSet{Elems: make([]Element, len(f.Set.Elems))}
+		for i, e := range f.Set.Elems {
+			g.Set.Elems[i] = Element{Value: e.Value, Adds: slices.Clone(e.Adds), Dead: slices.Clone(e.Dead)}
+		}
+	}
+	if f.Ctr != nil {
+		g.Ctr = &Counter{Parts: slices.Clone(f.Ctr.Parts)}
+	}
+	return g
+}
+
+func cmpDot(a, b Dot) int {
+	if c := bytes.Compare(a.Replica[:], b.Replica[:]); c != 0 {
+		return c
+	}
+	switch {
+	case a.Seq < b.Seq:
+		return -1
+	case a.Seq > b.Seq:
+		return 1
+	}
+	return 0
+}
