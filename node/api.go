@@ -1,0 +1,296 @@
+package node
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/syncd/syncd/crdt"
+	"github.com/syncd/syncd/hlc"
+	"github.com/syncd/syncd/replica"
+	"github.com/syncd/syncd/resolver"
+)
+
+// AckAll asks a write to wait for every region this node has heard from.
+const AckAll = -1
+
+// WriteOptions is a write's concern: how many regions must durably hold
+// it before it is answered as replicated, and for how long to wait.
+type WriteOptions struct {
+	Ack     int // 0 or 1: this region; N: N regions; AckAll: all known regions
+	Timeout time.Duration
+}
+
+// WriteResult answers a write. Replicated is false when the write concern
+// was not met in time: the write is durable here and will still replicate.
+type WriteResult struct {
+	Changes    []crdt.Change
+	Token      string
+	Replicated bool
+	Regions    int // regions known to hold it when answered
+}
+
+// Write applies ops in namespace ns, all or nothing, and returns once they
+// are durable here and the write concern is met or timed out.
+func (n *Node) Write(ctx context.Context, ns string, ops []resolver.Op, o WriteOptions) (WriteResult, error) {
+	return n.write(ctx, ns, o, func(r *replica.Replica) ([]crdt.Change, error) { return r.Write(ops) })
+}
+
+// PutSchema sets a collection's schema; it replicates like a write.
+func (n *Node) PutSchema(ctx context.Context, ns, coll string, s resolver.Schema, o WriteOptions) (WriteResult, error) {
+	return n.write(ctx, ns, o, func(r *replica.Replica) ([]crdt.Change, error) { return r.PutSchema(coll, s) })
+}
+
+func (n *Node) write(ctx context.Context, ns string, o WriteOptions, f func(*replica.Replica) ([]crdt.Change, error)) (WriteResult, error) {
+	var res WriteResult
+	err := n.do(ctx, func(n *Node) error {
+		r, err := n.replica(ns)
+		if err != nil {
+			return err
+		}
+		cs, err := f(r)
+		if err != nil {
+			return err
+		}
+		res.Changes, res.Token = cs, EncodeToken(r.Vector())
+		n.m.wrote(len(cs))
+		return nil
+	})
+	if err != nil {
+		return WriteResult{}, err
+	}
+	res.Replicated, res.Regions = true, 1
+	if len(res.Changes) == 0 || (o.Ack >= 0 && o.Ack <= 1) {
+		return res, nil
+	}
+	last := res.Changes[len(res.Changes)-1]
+	w := &ackWaiter{ns: ns, stamp: last.RegionDot(), need: o.Ack, done: make(chan int, 1)}
+	return n.waitAck(ctx, w, o.Timeout, res)
+}
+
+type ackWaiter struct {
+	ns    string
+	stamp crdt.Dot
+	need  int
+	done  chan int
+	ctx   context.Context
+}
+
+func (n *Node) waitAck(ctx context.Context, w *ackWaiter, timeout time.Duration, res WriteResult) (WriteResult, error) {
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	w.ctx = ctx
+	if err := n.do(ctx, func(n *Node) error { n.acks = append(n.acks, w); return nil }); err != nil {
+		res.Replicated = false
+		return res, nil
+	}
+	select {
+	case k := <-w.done:
+		res.Regions = k
+		return res, nil
+	case <-ctx.Done():
+		res.Replicated = false
+		return res, nil
+	}
+}
+
+type readWaiter struct {
+	ns    string
+	token crdt.Vector
+	done  chan struct{}
+	ctx   context.Context
+}
+
+// ErrBehind means a read's session token was not reached in time.
+var ErrBehind = errors.New("node: this region has not caught up to the session token")
+
+// WaitFor returns once this region durably holds everything the session
+// token names, or ErrBehind when the timeout passes first.
+func (n *Node) WaitFor(ctx context.Context, ns, token string, timeout time.Duration) error {
+	v, err := ParseToken(token)
+	if err != nil {
+		return err
+	}
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	w := &readWaiter{ns: ns, token: v, done: make(chan struct{}), ctx: ctx}
+	if err := n.do(ctx, func(n *Node) error {
+		if _, err := n.replica(ns); err != nil {
+			return err
+		}
+		n.reads = append(n.reads, w)
+		return nil
+	}); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w: %v", ErrBehind, err)
+		}
+		return err
+	}
+	select {
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		return ErrBehind
+	}
+}
+
+// checkWaiters answers the write-concern and session-token waiters that
+// the last round satisfied. Runs on the loop after a save.
+func (n *Node) checkWaiters() {
+	keptA := n.acks[:0]
+	for _, w := range n.acks {
+		if w.ctx.Err() != nil {
+			continue
+		}
+		r := n.reps[w.ns]
+		held, peers := 1, 0
+		for _, p := range r.Status().Peers {
+			peers++
+			if p.Vector.Covers(w.stamp) {
+				held++
+			}
+		}
+		need := w.need
+		if need == AckAll {
+			need = peers + 1
+		}
+		if held >= need {
+			w.done <- held
+			continue
+		}
+		keptA = append(keptA, w)
+	}
+	clear(n.acks[len(keptA):])
+	n.acks = keptA
+
+	keptR := n.reads[:0]
+	for _, w := range n.reads {
+		if w.ctx.Err() != nil {
+			continue
+		}
+		if n.reps[w.ns].DurableVector().CoversAll(w.token) {
+			close(w.done)
+			continue
+		}
+		keptR = append(keptR, w)
+	}
+	clear(n.reads[len(keptR):])
+	n.reads = keptR
+}
+
+// EncodeToken makes a session token from a vector: opaque to clients,
+// safe in a URL.
+func EncodeToken(v crdt.Vector) string {
+	b, _ := json.Marshal(v) // a map of UUIDs to integers always marshals
+	return "v1." + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// ErrBadToken is a session token this node cannot read.
+var ErrBadToken = errors.New("node: malformed session token")
+
+// ParseToken reads a session token.
+func ParseToken(s string) (crdt.Vector, error) {
+	body, ok := strings.CutPrefix(s, "v1.")
+	if !ok || len(body) > 64<<10 {
+		return nil, ErrBadToken
+	}
+	b, err := base64.RawURLEncoding.DecodeString(body)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadToken, err)
+	}
+	var v crdt.Vector
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadToken, err)
+	}
+	return v, nil
+}
+
+// Status is a snapshot of the node's replicas.
+type Status struct {
+	Replicas map[string]replica.Status // by namespace
+	Isolated bool
+	Sessions int
+	HLC      hlc.Timestamp // the node clock's high-water mark
+}
+
+// Status asks the loop for a snapshot.
+func (n *Node) Status(ctx context.Context) (Status, error) {
+	var s Status
+	err := n.do(ctx, func(n *Node) error {
+		s = Status{Replicas: map[string]replica.Status{}, Isolated: n.isolated, Sessions: len(n.sessions), HLC: n.cfg.Clock.Last()}
+		for ns, r := range n.reps {
+			s.Replicas[ns] = r.Status()
+		}
+		return nil
+	})
+	return s, err
+}
+
+// SetIsolated cuts this node off other regions (it keeps taking local
+// writes and serving its devices) or heals it. Anti-entropy catches up
+// after a heal.
+func (n *Node) SetIsolated(ctx context.Context, on bool) error {
+	return n.do(ctx, func(n *Node) error {
+		n.isolated = on
+		return nil
+	})
+}
+
+// session is a device connected to this region.
+type session struct {
+	id      crdt.ReplicaID
+	ns      string
+	deliver func(replica.Message)
+}
+
+// Attach registers a device connected to this region: messages for it and
+// the namespace's fan-out go to deliver, which must not block (the
+// gateway queues, and cuts off a device that does not read). The returned
+// function detaches it.
+func (n *Node) Attach(ctx context.Context, ns string, id crdt.ReplicaID, deliver func(replica.Message)) (func(), error) {
+	s := &session{id: id, ns: ns, deliver: deliver}
+	err := n.do(ctx, func(n *Node) error {
+		if _, err := n.replica(ns); err != nil {
+			return err
+		}
+		if _, dup := n.sessions[id]; dup {
+			return fmt.Errorf("device %s is already connected here", id)
+		}
+		n.sessions[id] = s
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		n.post(func(n *Node) error {
+			if n.sessions[id] == s {
+				delete(n.sessions, id)
+			}
+			return nil
+		})
+	}, nil
+}
+
+// DeliverDevice hands the loop a message from a connected device and waits
+// until whatever it produced is durable (so the device's flow control is
+// the loop's).
+func (n *Node) DeliverDevice(ctx context.Context, m replica.Message) error {
+	return n.do(ctx, func(n *Node) error {
+		r, err := n.replica(m.NS)
+		if err != nil {
+			return err
+		}
+		return r.Step(m)
+	})
+}
