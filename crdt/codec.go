@@ -3,6 +3,7 @@ package crdt
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 )
 
@@ -47,7 +48,12 @@ func decodeStrict(data []byte, lim Limits, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
+		// Kind, op and hlc parsers already return a specific sentinel
+		// (ErrUnknownOp, hlc.ErrBadTimestamp): keep it for errors.Is.
+		if errors.Is(err, ErrInvalid) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if dec.More() {
 		return fmt.Errorf("%w: trailing data", ErrInvalid)

@@ -1,7 +1,7 @@
 package crdt
 
 import (
-	"bytes"
+	"encoding/binary"
 	"slices"
 
 	"github.com/google/uuid"
@@ -36,7 +36,7 @@ func (s Stamp) Less(o Stamp) bool {
 	if s.HLC != o.HLC {
 		return s.HLC < o.HLC
 	}
-	return bytes.Compare(s.Replica[:], o.Replica[:]) < 0
+	return cmpID(s.Replica, o.Replica) < 0
 }
 
 // IsZero reports whether s was never set.
@@ -55,16 +55,45 @@ func (s Stamp) Max(o Stamp) Stamp {
 // (The package doc says why one number per origin is exact.)
 type Ctx []Dot
 
+// find is a binary search without a comparison closure: merge calls it
+// for every dot of every change, and a context rarely holds more than a
+// few writers.
 func (c Ctx) find(r ReplicaID) (int, bool) {
-	return slices.BinarySearchFunc(c, r, func(d Dot, r ReplicaID) int {
-		return bytes.Compare(d.Replica[:], r[:])
-	})
+	lo, hi := 0, len(c)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if cmpID(c[m].Replica, r) < 0 {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo, lo < len(c) && c[lo].Replica == r
 }
 
 // Covers reports whether dot d is superseded by this context.
 func (c Ctx) Covers(d Dot) bool {
 	i, ok := c.find(d.Replica)
 	return ok && c[i].Seq >= d.Seq
+}
+
+// cmpID orders replica ids as bytes.Compare orders their bytes, in two
+// word compares.
+func cmpID(a, b ReplicaID) int {
+	if x, y := binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(b[:8]); x != y {
+		if x < y {
+			return -1
+		}
+		return 1
+	}
+	x, y := binary.BigEndian.Uint64(a[8:]), binary.BigEndian.Uint64(b[8:])
+	switch {
+	case x < y:
+		return -1
+	case x > y:
+		return 1
+	}
+	return 0
 }
 
 // Add records that every dot of d.Replica up to d.Seq is superseded.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"math/bits"
 	"slices"
 
 	"github.com/syncd/syncd/hlc"
@@ -150,7 +151,7 @@ type Counter struct {
 }
 
 func (ct *Counter) apply(c *Change) bool {
-	i, ok := slices.BinarySearchFunc(ct.Parts, c.Origin, func(p Part, r ReplicaID) int { return bytes.Compare(p.Replica[:], r[:]) })
+	i, ok := slices.BinarySearchFunc(ct.Parts, c.Origin, func(p Part, r ReplicaID) int { return cmpID(p.Replica, r) })
 	if ok {
 		if ct.Parts[i].Seq >= c.Seq {
 			return false
@@ -162,20 +163,34 @@ func (ct *Counter) apply(c *Change) bool {
 	return true
 }
 
-// Value sums the parts, saturating rather than wrapping: writes that would
-// overflow are refused at their origin, so saturation only shows under a
-// forged total, and it is the same on every replica.
+// Value sums the parts exactly and clamps the sum to int64. An origin
+// refuses a write that would overflow the count it sees, but concurrent
+// writes that each fit can still sum past int64; a running saturating sum
+// would then depend on the order of the parts (MinInt64, MinInt64, MaxInt64
+// gives -1), so the sum is taken in 128 bits and clamped once.
 func (ct *Counter) Value() int64 {
-	var sum int64
+	var hi int64 // the sum is hi<<64 + lo, two's complement
+	var lo uint64
 	for _, p := range ct.Parts {
-		sum = SatAdd(sum, p.Total)
+		var carry uint64
+		lo, carry = bits.Add64(lo, uint64(p.Total), 0)
+		hi += int64(carry)
+		if p.Total < 0 {
+			hi-- // sign extension: the high word of a negative part is -1
+		}
 	}
-	return sum
+	switch {
+	case hi > 0 || hi == 0 && lo > math.MaxInt64:
+		return math.MaxInt64
+	case hi < -1 || hi == -1 && lo <= math.MaxInt64:
+		return math.MinInt64
+	}
+	return int64(lo)
 }
 
 // Part returns replica r's running total (0 if it never counted).
 func (ct *Counter) Part(r ReplicaID) int64 {
-	i, ok := slices.BinarySearchFunc(ct.Parts, r, func(p Part, r ReplicaID) int { return bytes.Compare(p.Replica[:], r[:]) })
+	i, ok := slices.BinarySearchFunc(ct.Parts, r, func(p Part, r ReplicaID) int { return cmpID(p.Replica, r) })
 	if ok {
 		return ct.Parts[i].Total
 	}
@@ -259,7 +274,7 @@ func (f *Field) Clone() *Field {
 }
 
 func cmpDot(a, b Dot) int {
-	if c := bytes.Compare(a.Replica[:], b.Replica[:]); c != 0 {
+	if c := cmpID(a.Replica, b.Replica); c != 0 {
 		return c
 	}
 	switch {

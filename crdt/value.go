@@ -70,9 +70,21 @@ func clip(s string) string {
 
 // Canonical validates a JSON value against the limits and returns its
 // canonical form: no insignificant space, object keys sorted, numbers as
-// written. Set elements are compared by this form, so every replica must
-// produce the same bytes for the same value.
+// written, <, > and & escaped as encoding/json.Marshal escapes them. Set
+// elements are compared by this form, so every replica must produce the
+// same bytes for the same value; and since a change travels inside messages
+// that json.Marshal encodes, the form must be one Marshal leaves unchanged,
+// or the receiver would see a non-canonical value and refuse it.
 func Canonical(v []byte, lim Limits) (json.RawMessage, error) {
+	if isCanonicalScalar(v) {
+		// Most values are short strings and numbers; they are their own
+		// canonical form, and the decode and re-encode below would cost
+		// microseconds and kilobytes per change on every replica.
+		if len(v) > lim.MaxValueBytes {
+			return nil, fmt.Errorf("%w: %d bytes (limit %d)", ErrValueTooBig, len(v), lim.MaxValueBytes)
+		}
+		return json.RawMessage(bytes.Clone(v)), nil
+	}
 	if err := CheckDepth(v, lim.MaxDepth); err != nil {
 		return nil, err
 	}
@@ -87,7 +99,6 @@ func Canonical(v []byte, lim Limits) (json.RawMessage, error) {
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
 	if err := enc.Encode(x); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
@@ -95,7 +106,77 @@ func Canonical(v []byte, lim Limits) (json.RawMessage, error) {
 	if len(out) > lim.MaxValueBytes {
 		return nil, fmt.Errorf("%w: %d bytes (limit %d)", ErrValueTooBig, len(out), lim.MaxValueBytes)
 	}
-	return json.RawMessage(out), nil
+	// A copy of the exact size: values live as long as the field states
+	// that hold them, and the encoder's buffer is larger.
+	return json.RawMessage(bytes.Clone(out)), nil
+}
+
+// isCanonicalScalar reports whether v, exactly as given, is true, false,
+// null, a JSON number, or a string of printable ASCII that the encoder
+// writes unchanged (no quote, backslash, <, > or &): values that decode
+// and re-encode to themselves.
+func isCanonicalScalar(v []byte) bool {
+	if len(v) == 0 {
+		return false
+	}
+	switch v[0] {
+	case '"':
+		if len(v) < 2 || v[len(v)-1] != '"' {
+			return false
+		}
+		for _, c := range v[1 : len(v)-1] {
+			if c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+				return false
+			}
+		}
+		return true
+	case 't':
+		return string(v) == "true"
+	case 'f':
+		return string(v) == "false"
+	case 'n':
+		return string(v) == "null"
+	}
+	return isNumber(v)
+}
+
+// isNumber reports whether v is exactly a JSON number (RFC 8259 grammar).
+func isNumber(v []byte) bool {
+	i := 0
+	digits := func() bool {
+		start := i
+		for i < len(v) && v[i] >= '0' && v[i] <= '9' {
+			i++
+		}
+		return i > start
+	}
+	if i < len(v) && v[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(v) && v[i] == '0':
+		i++
+	case i < len(v) && v[i] >= '1' && v[i] <= '9':
+		digits()
+	default:
+		return false
+	}
+	if i < len(v) && v[i] == '.' {
+		i++
+		if !digits() {
+			return false
+		}
+	}
+	if i < len(v) && (v[i] == 'e' || v[i] == 'E') {
+		i++
+		if i < len(v) && (v[i] == '+' || v[i] == '-') {
+			i++
+		}
+		if !digits() {
+			return false
+		}
+	}
+	return i == len(v)
 }
 
 // CheckValue accepts a value from a peer only if it is already canonical,
@@ -103,6 +184,9 @@ func Canonical(v []byte, lim Limits) (json.RawMessage, error) {
 func CheckValue(v []byte, lim Limits) error {
 	if len(v) > lim.MaxValueBytes {
 		return fmt.Errorf("%w: %d bytes (limit %d)", ErrValueTooBig, len(v), lim.MaxValueBytes)
+	}
+	if isCanonicalScalar(v) {
+		return nil
 	}
 	c, err := Canonical(v, lim)
 	if err != nil {

@@ -68,6 +68,11 @@ func (m *MemStorage) Save(rd *Ready) {
 		if c.RSeq != 0 {
 			l := m.Logs[c.Region]
 			if n := len(l); n == 0 || l[n-1].RSeq < c.RSeq {
+				if n == cap(l) {
+					// Double rather than let append grow a long log by a
+					// quarter at a time: each growth copies the whole log.
+					l = append(make([]crdt.Change, 0, max(2*n, 64)), l...)
+				}
 				m.Logs[c.Region] = append(l, c)
 			}
 		}

@@ -1,10 +1,10 @@
 package replica
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/google/uuid"
 
@@ -365,9 +365,14 @@ func (r *Replica) prepare(op resolver.Op, internal bool, staged map[crdt.FieldKe
 // dot is already held. It reports whether it was new.
 func (r *Replica) applyRemote(c *crdt.Change) (bool, error) {
 	d := c.Dot()
-	held, err := r.hasDot(d)
-	if err != nil || held {
-		return false, err
+	// A region's own change travels only under its own stamp, so when its
+	// stamp is new to us (the only way it gets here from a batch) its dot
+	// is too: no store lookup on the common path of replication.
+	if !(c.Region == c.Origin && c.RSeq == c.Seq && r.vector[c.Region] < c.RSeq) {
+		held, err := r.hasDot(d)
+		if err != nil || held {
+			return false, err
+		}
 	}
 	f, err := r.mutable(c.Key())
 	if err != nil {
@@ -496,6 +501,12 @@ func (r *Replica) stepBatch(m Message) error {
 			if _, err := r.applyRemote(c); err != nil {
 				return fmt.Errorf("apply batch from %s: %w", m.From, err)
 			}
+			if len(r.rd.Log) == cap(r.rd.Log) {
+				// Room for the rest of the batch at once, rather than
+				// repeated growth: changes are large, and a batch
+				// usually holds a thousand of them.
+				r.rd.Log = slices.Grow(r.rd.Log, len(m.Changes)-i)
+			}
 			r.rd.Log = append(r.rd.Log, *c)
 			if c.HLC > r.newest[reg] {
 				r.newest[reg] = c.HLC
@@ -514,8 +525,19 @@ func (r *Replica) stepBatch(m Message) error {
 		r.requestSync(m.From, false)
 	case m.Sync && m.More && skewErr == nil:
 		r.requestSync(m.From, true)
-	case m.Sync && r.cfg.Role == RoleDevice:
+	case m.Sync && skewErr == nil && r.cfg.Role == RoleDevice:
 		r.synced = true
+	}
+	if skewErr != nil {
+		// Asking again at the next heartbeat would fetch the same page and
+		// refuse it again; wait a retry period for the clocks to agree.
+		if m.Sync {
+			r.syncing[m.From] = r.tick
+		}
+		// A device that refused part of what its region holds is behind.
+		if r.cfg.Role == RoleDevice {
+			r.synced = false
+		}
 	}
 	if progressed && !m.Sync && r.cfg.Role == RoleRegion {
 		r.send(Message{Type: MsgAck, To: m.From, Vector: r.vector.Clone()})
@@ -732,6 +754,7 @@ func (r *Replica) Ready() Ready {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, cmpKey)
+	rd.Fields = make([]FieldUpdate, 0, len(keys))
 	for _, k := range keys {
 		rd.Fields = append(rd.Fields, FieldUpdate{Key: k, State: r.dirty[k]})
 	}
@@ -759,6 +782,13 @@ func (r *Replica) batches(rd *Ready) {
 	if len(fan.Head) == 0 {
 		return
 	}
+	n := 0
+	for i := range rd.Log {
+		if rd.Log[i].Region != uuid.Nil {
+			n++
+		}
+	}
+	stamped = make([]crdt.Change, 0, n)
 	for _, c := range rd.Log {
 		if c.Region != uuid.Nil {
 			stamped = append(stamped, c)
@@ -790,12 +820,17 @@ func (r *Replica) Advance() {
 }
 
 func cmpKey(a, b crdt.FieldKey) int {
-	for _, p := range [][2]string{{a.NS, b.NS}, {a.Coll, b.Coll}, {a.Doc, b.Doc}, {a.Field, b.Field}} {
-		if c := bytes.Compare([]byte(p[0]), []byte(p[1])); c != 0 {
-			return c
-		}
+	// Called n log n times per Ready: compare the strings in place.
+	if c := strings.Compare(a.NS, b.NS); c != 0 {
+		return c
 	}
-	return 0
+	if c := strings.Compare(a.Coll, b.Coll); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Doc, b.Doc); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Field, b.Field)
 }
 
 // Status is a snapshot of what the replica knows, for /v1/status and the

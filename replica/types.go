@@ -1,6 +1,8 @@
 package replica
 
 import (
+	"fmt"
+
 	"github.com/syncd/syncd/crdt"
 	"github.com/syncd/syncd/hlc"
 )
@@ -157,4 +159,24 @@ type Ready struct {
 func (rd *Ready) IsEmpty() bool {
 	return rd.State == nil && len(rd.Log) == 0 && len(rd.Fields) == 0 && len(rd.Outbox) == 0 &&
 		len(rd.OutboxDone) == 0 && len(rd.Messages) == 0 && rd.Fanout == nil
+}
+
+// MarshalText writes the type's wire name ("batch", "push", ...), so the
+// websocket protocol reads as words in any language.
+func (t MsgType) MarshalText() ([]byte, error) {
+	if t == 0 || int(t) >= len(msgNames) {
+		return nil, fmt.Errorf("replica: no wire name for message type %d", t)
+	}
+	return []byte(msgNames[t]), nil
+}
+
+// UnmarshalText reads a wire name.
+func (t *MsgType) UnmarshalText(b []byte) error {
+	for i, n := range msgNames {
+		if i > 0 && n == string(b) {
+			*t = MsgType(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: unknown message type %q", crdt.ErrInvalid, b)
 }

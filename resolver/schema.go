@@ -36,8 +36,10 @@ func (s Schema) Validate() error {
 		if err := crdt.ValidateField(f); err != nil {
 			return fmt.Errorf("schema: %w", err)
 		}
-		if k == crdt.KindNone {
-			return fmt.Errorf("schema: field %q: %w", f, crdt.ErrUnknownKind)
+		// ParseKind of the name also refuses a Kind out of range, which
+		// KindOf would otherwise hand on and For would treat as lww.
+		if _, err := crdt.ParseKind(k.String()); err != nil {
+			return fmt.Errorf("schema: field %q: %w", f, err)
 		}
 	}
 	return nil
