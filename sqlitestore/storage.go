@@ -1,0 +1,296 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/syncd/syncd/crdt"
+	"github.com/syncd/syncd/replica"
+)
+
+const (
+	qField1  = `SELECT state FROM fields WHERE k = ?`
+	qDocRows = `SELECT k, state FROM fields WHERE k >= ? AND k < ?`
+	qOwnDot  = `SELECT 1 FROM log WHERE k = ? AND own = 1`
+	qHasDot  = `SELECT 1 FROM dots WHERE ns = ? AND origin = ? AND seq = ?`
+	qLogPage = `SELECT k, payload FROM log WHERE k >= ? AND k <= ? ORDER BY k LIMIT ?`
+	// ListDocs reads keys in order and skips a document's other fields
+	// itself; SQL would need to parse the key to do it.
+	qList = `SELECT k FROM fields WHERE k >= ? AND k < ? ORDER BY k`
+	// The conflict = 1 term matches the partial index's, so SQLite reads
+	// only conflicted rows (TestConflictDocsUsesIndex checks the plan).
+	qConflicts = `SELECT k FROM fields INDEXED BY fields_conflicts
+		WHERE conflict = 1 AND k >= ? AND k < ? ORDER BY k`
+)
+
+// view is a namespace's replica.Storage. It reads through the writer
+// connection: the node loop that reads is the one that writes, so the
+// connection is idle when it reads, and its cache holds what was just
+// written.
+type view struct {
+	s  *Store
+	ns string
+}
+
+var _ replica.Storage = (*view)(nil)
+
+// Storage returns the read-only view of one namespace that its replica
+// reads through.
+func (s *Store) Storage(ns string) replica.Storage { return &view{s, ns} }
+
+func (v *view) Field(k crdt.FieldKey) (*crdt.Field, error) {
+	if !keyPartOK(k.NS) || !keyPartOK(k.Coll) || !keyPartOK(k.Doc) || !keyPartOK(k.Field) {
+		return nil, nil
+	}
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	w, err := v.s.writer()
+	if err != nil {
+		return nil, err
+	}
+	v.s.kbuf = fieldKey(v.s.kbuf[:0], k)
+	var f *crdt.Field
+	err = w.query(qField1, func(row []driverValue) error {
+		b, _ := row[0].([]byte)
+		var err error
+		f, err = decodeField(b)
+		return err
+	}, string(v.s.kbuf))
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: read field %s: %w", k, err)
+	}
+	return f, nil
+}
+
+func (v *view) Doc(k crdt.DocKey) (map[string]*crdt.Field, error) {
+	lo, hi, ok := docRange(k)
+	if !ok {
+		return nil, nil
+	}
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	w, err := v.s.writer()
+	if err != nil {
+		return nil, err
+	}
+	var fs map[string]*crdt.Field
+	err = w.query(qDocRows, func(row []driverValue) error {
+		key, _ := row[0].(string)
+		b, _ := row[1].([]byte)
+		return addField(&fs, key[len(lo):], b)
+	}, lo, hi)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: read doc %s: %w", k, err)
+	}
+	return fs, nil
+}
+
+func addField(fs *map[string]*crdt.Field, name string, state []byte) error {
+	f, err := decodeField(state)
+	if err != nil {
+		return fmt.Errorf("field %q: %w", name, err)
+	}
+	if *fs == nil {
+		*fs = map[string]*crdt.Field{}
+	}
+	(*fs)[name] = f
+	return nil
+}
+
+func (v *view) HasDot(d crdt.Dot) (bool, error) {
+	if d.Seq > math.MaxInt64 {
+		return false, nil // never stored: Save refuses it
+	}
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	w, err := v.s.writer()
+	if err != nil {
+		return false, err
+	}
+	found := false
+	hit := func([]driverValue) error { found = true; return nil }
+	// A region's own change is recorded by its log row alone.
+	if sid, ok, _ := v.s.sid(w, v.ns, d.Replica, false); ok && d.Seq <= maxRSeq {
+		if err := w.query(qOwnDot, hit, logKey(sid, d.Seq)); err != nil {
+			return false, fmt.Errorf("sqlitestore: look up dot: %w", err)
+		}
+		if found {
+			return true, nil
+		}
+	}
+	if err := w.query(qHasDot, hit, v.ns, d.Replica[:], int64(d.Seq)); err != nil {
+		return false, fmt.Errorf("sqlitestore: look up dot: %w", err)
+	}
+	return found, nil
+}
+
+func (v *view) Log(region crdt.ReplicaID, from uint64, limit int) ([]crdt.Change, error) {
+	if limit <= 0 || from > maxRSeq {
+		return nil, nil
+	}
+	from = max(from, 1)
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	w, err := v.s.writer()
+	if err != nil {
+		return nil, err
+	}
+	sid, ok, _ := v.s.sid(w, v.ns, region, false)
+	if !ok {
+		return nil, nil
+	}
+	out := make([]crdt.Change, 0, min(limit, 1024))
+	err = w.query(qLogPage, func(row []driverValue) error {
+		k, _ := row[0].(int64)
+		b, _ := row[1].([]byte)
+		rseq := uint64(k & maxRSeq)
+		c, err := decodeChange(b, v.ns)
+		if err != nil {
+			return fmt.Errorf("log %s/%d: %w", region, rseq, err)
+		}
+		c.Region, c.RSeq = region, rseq // the key is authoritative
+		out = append(out, c)
+		return nil
+	}, logKey(sid, from), logKey(sid, maxRSeq), int64(limit))
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: read log: %w", err)
+	}
+	return out, nil
+}
+
+// Outbox returns the namespace's outbox, oldest first (as Load does).
+func (v *view) Outbox() ([]crdt.Change, error) {
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	w, err := v.s.writer()
+	if err != nil {
+		return nil, err
+	}
+	return v.s.outbox(w, v.ns)
+}
+
+// --- reads for the HTTP API, on the read pool ---
+
+func (s *Store) prepareReads(ctx context.Context) error {
+	var err error
+	if s.rdoc, err = s.r.PrepareContext(ctx, qDocRows); err != nil {
+		return err
+	}
+	if s.rlist, err = s.r.PrepareContext(ctx, qList); err != nil {
+		return err
+	}
+	s.rconf, err = s.r.PrepareContext(ctx, qConflicts)
+	return err
+}
+
+// GetDoc returns every persisted field of a document (nil if it has
+// none). It reads on the read pool and never waits for the writer.
+func (s *Store) GetDoc(ctx context.Context, k crdt.DocKey) (map[string]*crdt.Field, error) {
+	lo, hi, ok := docRange(k)
+	if !ok {
+		return nil, nil
+	}
+	rows, err := s.rdoc.QueryContext(ctx, lo, hi)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: read doc %s: %w", k, err)
+	}
+	defer rows.Close()
+	var fs map[string]*crdt.Field
+	for rows.Next() {
+		var key string
+		var b []byte // a copy: decoded values alias it
+		if err := rows.Scan(&key, &b); err != nil {
+			return nil, fmt.Errorf("sqlitestore: read doc %s: %w", k, err)
+		}
+		if err := addField(&fs, key[len(lo):], b); err != nil {
+			return nil, fmt.Errorf("sqlitestore: read doc %s: %w", k, err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlitestore: read doc %s: %w", k, err)
+	}
+	return fs, nil
+}
+
+// ListDocs returns up to limit document ids of a collection after the id
+// after, in id order. Deleted documents are listed too (their state says
+// so); callers render and filter.
+func (s *Store) ListDocs(ctx context.Context, ns, coll, after string, limit int) ([]string, error) {
+	if limit <= 0 || !keyPartOK(ns) || !keyPartOK(coll) {
+		return nil, nil
+	}
+	p := ns + " " + coll
+	lo := p + " "
+	if after != "" {
+		lo = p + " " + after + "!" // past every field of after
+	}
+	var ids []string
+	err := s.scanDocs(ctx, s.rlist, lo, p+"!", func(key string) bool {
+		doc, _, _ := strings.Cut(key[len(p)+1:], " ")
+		if n := len(ids); n == 0 || ids[n-1] != doc {
+			ids = append(ids, doc)
+		}
+		return len(ids) < limit
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: list %s/%s: %w", ns, coll, err)
+	}
+	return ids, nil
+}
+
+// ConflictDocs returns up to limit documents of a namespace that have a
+// field with more than one register sibling, in (collection, id) order,
+// after the cursor after ("coll/doc", as the last answer's last key; ""
+// for the start).
+func (s *Store) ConflictDocs(ctx context.Context, ns, after string, limit int) ([]crdt.DocKey, error) {
+	if limit <= 0 || !keyPartOK(ns) {
+		return nil, nil
+	}
+	lo := ns + " "
+	if acoll, adoc, _ := strings.Cut(after, "/"); after != "" {
+		lo = ns + " " + acoll + " "
+		if adoc != "" {
+			lo += adoc + "!"
+		}
+	}
+	var out []crdt.DocKey
+	err := s.scanDocs(ctx, s.rconf, lo, ns+"!", func(key string) bool {
+		coll, doc, _, ok := splitFieldKey(key[len(ns)+1:])
+		if !ok {
+			return true
+		}
+		k := crdt.DocKey{NS: ns, Coll: coll, Doc: doc}
+		if n := len(out); n == 0 || out[n-1] != k {
+			out = append(out, k)
+		}
+		return len(out) < limit
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: conflicts in %s: %w", ns, err)
+	}
+	return out, nil
+}
+
+// scanDocs calls fn with each key of [lo, hi) in order until fn says stop.
+// One document's fields are adjacent, so callers dedupe by comparing with
+// the last document they kept.
+func (s *Store) scanDocs(ctx context.Context, q *sql.Stmt, lo, hi string, fn func(key string) bool) error {
+	rows, err := q.QueryContext(ctx, lo, hi)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var key string
+		if err := rows.Scan(&key); err != nil {
+			return err
+		}
+		if !fn(key) {
+			return nil
+		}
+	}
+	return rows.Err()
+}
