@@ -111,8 +111,12 @@ func startServer(o Options) (*server.Server, error) {
 		so.Port = o.Port
 	case o.Port < 0:
 		so.Port = server.RANDOM_PORT
-	case o.ConfigFile == "":
+	case o.ConfigFile == "" && o.ClusterPort == 0:
 		so.DontListen = true // same-process connection only
+	case o.ConfigFile == "":
+		// nats-server starts its route listener only beside a client
+		// listener: take a random loopback port nobody needs to know.
+		so.Port = server.RANDOM_PORT
 	}
 	if o.ClusterPort != 0 {
 		so.Cluster.Port = o.ClusterPort

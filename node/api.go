@@ -294,3 +294,43 @@ func (n *Node) DeliverDevice(ctx context.Context, m replica.Message) error {
 		return r.Step(m)
 	})
 }
+
+// ConnectUpstream tells a device node it reached a region: messages to the
+// region go to send (which must not block), and the replica asks for what
+// it lacks and pushes its outbox.
+func (n *Node) ConnectUpstream(ctx context.Context, ns string, region crdt.ReplicaID, colls []string, send func(replica.Message)) error {
+	return n.do(ctx, func(n *Node) error {
+		r, err := n.replica(ns)
+		if err != nil {
+			return err
+		}
+		n.sessions[region] = &session{id: region, ns: ns, deliver: send}
+		r.Connect(region, colls)
+		return nil
+	})
+}
+
+// DisconnectUpstream tells a device node its region connection is gone.
+func (n *Node) DisconnectUpstream(ctx context.Context, ns string, region crdt.ReplicaID) error {
+	return n.do(ctx, func(n *Node) error {
+		delete(n.sessions, region)
+		if r, ok := n.reps[ns]; ok {
+			r.Disconnect()
+		}
+		return nil
+	})
+}
+
+// Vector returns a namespace's durable vector.
+func (n *Node) Vector(ctx context.Context, ns string) (crdt.Vector, error) {
+	var v crdt.Vector
+	err := n.do(ctx, func(n *Node) error {
+		r, err := n.replica(ns)
+		if err != nil {
+			return err
+		}
+		v = r.DurableVector()
+		return nil
+	})
+	return v, err
+}

@@ -52,6 +52,9 @@ type Config struct {
 	Metrics  *Metrics // nil: none
 	// NewID makes change ids (default uuid.New).
 	NewID func() uuid.UUID
+	// OnCommit, if set, sees every saved Ready on the loop after it is
+	// durable (the SDK's Watch). It must not block.
+	OnCommit func(rd *replica.Ready)
 }
 
 // Node owns the replicas of every namespace this node holds.
@@ -264,6 +267,9 @@ func (n *Node) round(ctx context.Context, batch []input) error {
 	}
 	for _, rd := range rds {
 		n.dispatch(rd)
+		if n.cfg.OnCommit != nil {
+			n.cfg.OnCommit(rd)
+		}
 	}
 	n.checkWaiters()
 	return nil
