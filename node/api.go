@@ -47,6 +47,7 @@ func (n *Node) PutSchema(ctx context.Context, ns, coll string, s resolver.Schema
 
 func (n *Node) write(ctx context.Context, ns string, o WriteOptions, f func(*replica.Replica) ([]crdt.Change, error)) (WriteResult, error) {
 	var res WriteResult
+	var vec crdt.Vector
 	err := n.do(ctx, func(n *Node) error {
 		r, err := n.replica(ns)
 		if err != nil {
@@ -56,13 +57,14 @@ func (n *Node) write(ctx context.Context, ns string, o WriteOptions, f func(*rep
 		if err != nil {
 			return err
 		}
-		res.Changes, res.Token = cs, EncodeToken(r.Vector())
+		res.Changes, vec = cs, r.Vector()
 		n.m.wrote(len(cs))
 		return nil
 	})
 	if err != nil {
 		return WriteResult{}, err
 	}
+	res.Token = EncodeToken(vec) // off the loop: it serves every writer
 	res.Replicated, res.Regions = true, 1
 	if len(res.Changes) == 0 || (o.Ack >= 0 && o.Ack <= 1) {
 		return res, nil

@@ -71,6 +71,10 @@ type Replica struct {
 	readyOut                bool
 	readyState              *State
 
+	// prefetched holds stored fields read ahead for the batch being
+	// stepped; nil outside a Step.
+	prefetched map[crdt.FieldKey]*crdt.Field
+
 	schemas map[string]resolver.Schema
 	tick    int
 	syncing map[crdt.ReplicaID]int // peer -> tick a sync request went out
@@ -142,11 +146,45 @@ func (r *Replica) field(k crdt.FieldKey) (*crdt.Field, error) {
 	if f, ok := r.inflight[k]; ok {
 		return f, nil
 	}
+	if f, ok := r.prefetched[k]; ok {
+		return f, nil
+	}
 	f, err := r.st.Field(k)
 	if err != nil {
 		return nil, fmt.Errorf("read field %s: %w", k, err)
 	}
 	return f, nil
+}
+
+// prefetch reads, in one go, the stored fields a batch is about to touch,
+// when the storage can (FieldBatcher). Valid only within one Step: the
+// overlay (dirty, inflight) is consulted first, so what is prefetched is
+// exactly what Field would return.
+func (r *Replica) prefetch(cs []crdt.Change) error {
+	fb, ok := r.st.(FieldBatcher)
+	if !ok || len(cs) < 8 {
+		return nil
+	}
+	keys := make([]crdt.FieldKey, 0, len(cs))
+	for i := range cs {
+		k := cs[i].Key()
+		if _, ok := r.dirty[k]; ok {
+			continue
+		}
+		if _, ok := r.inflight[k]; ok {
+			continue
+		}
+		keys = append(keys, k)
+	}
+	fs, err := fb.Fields(keys)
+	if err != nil {
+		return fmt.Errorf("read fields: %w", err)
+	}
+	r.prefetched = make(map[crdt.FieldKey]*crdt.Field, len(keys))
+	for _, k := range keys {
+		r.prefetched[k] = fs[k] // nil: known to have no state
+	}
+	return nil
 }
 
 // mutable returns a field state this replica may change: dirty ones are
@@ -476,6 +514,10 @@ func (r *Replica) stepBatch(m Message) error {
 	if m.Sync {
 		delete(r.syncing, m.From)
 	}
+	if err := r.prefetch(m.Changes); err != nil {
+		return fmt.Errorf("apply batch from %s: %w", m.From, err)
+	}
+	defer func() { r.prefetched = nil }()
 	var skewErr error
 	gap, progressed := false, false
 	for _, reg := range m.Head.Regions() {
@@ -820,7 +862,6 @@ func (r *Replica) Advance() {
 }
 
 func cmpKey(a, b crdt.FieldKey) int {
-	// Called n log n times per Ready: compare the strings in place.
 	if c := strings.Compare(a.NS, b.NS); c != 0 {
 		return c
 	}

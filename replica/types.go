@@ -24,6 +24,14 @@ type Storage interface {
 	Log(region crdt.ReplicaID, from uint64, limit int) ([]crdt.Change, error)
 }
 
+// FieldBatcher is an optional Storage capability: read many fields at
+// once. A batch from a peer touches many fields, and a store that answers
+// them in a few queries instead of one each applies it several times
+// faster. Keys with no state are absent from the result.
+type FieldBatcher interface {
+	Fields(keys []crdt.FieldKey) (map[crdt.FieldKey]*crdt.Field, error)
+}
+
 // State is what a replica must find again after a restart, besides its
 // fields and log: saved in the same transaction as the rest of a Ready.
 type State struct {

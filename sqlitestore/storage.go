@@ -294,3 +294,65 @@ func (s *Store) scanDocs(ctx context.Context, q *sql.Stmt, lo, hi string, fn fun
 	}
 	return rows.Err()
 }
+
+// fieldsChunk is how many keys one batched read binds.
+const fieldsChunk = 32
+
+var qFieldsIn = `SELECT k, state FROM fields WHERE k IN (?` + strings.Repeat(",?", fieldsChunk-1) + `)`
+
+var _ replica.FieldBatcher = (*view)(nil)
+
+// Fields reads many fields with one statement per 32 keys: a batch of
+// remote changes touches a thousand fields, and a statement's fixed cost
+// is most of a point read's.
+func (v *view) Fields(keys []crdt.FieldKey) (map[crdt.FieldKey]*crdt.Field, error) {
+	out := make(map[crdt.FieldKey]*crdt.Field, len(keys))
+	byKey := make(map[string]crdt.FieldKey, len(keys))
+	args := make([]any, 0, fieldsChunk)
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	w, err := v.s.writer()
+	if err != nil {
+		return nil, err
+	}
+	flush := func() error {
+		if len(args) == 0 {
+			return nil
+		}
+		for len(args) < fieldsChunk {
+			args = append(args, args[0]) // pad: a repeated key matches once
+		}
+		err := w.query(qFieldsIn, func(row []driverValue) error {
+			k, _ := row[0].(string)
+			b, _ := row[1].([]byte)
+			f, err := decodeField(b)
+			if err != nil {
+				return fmt.Errorf("field %q: %w", k, err)
+			}
+			out[byKey[k]] = f
+			return nil
+		}, args...)
+		args = args[:0]
+		return err
+	}
+	for _, k := range keys {
+		if !keyPartOK(k.NS) || !keyPartOK(k.Coll) || !keyPartOK(k.Doc) || !keyPartOK(k.Field) {
+			continue
+		}
+		ks := string(fieldKey(nil, k))
+		if _, dup := byKey[ks]; dup {
+			continue
+		}
+		byKey[ks] = k
+		args = append(args, ks)
+		if len(args) == fieldsChunk {
+			if err := flush(); err != nil {
+				return nil, fmt.Errorf("sqlitestore: read fields: %w", err)
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, fmt.Errorf("sqlitestore: read fields: %w", err)
+	}
+	return out, nil
+}
