@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -584,6 +585,8 @@ func (r *Replica) stepBatch(m Message) error {
 		r.requestSync(m.From, true)
 	case m.Sync && skewErr == nil && r.cfg.Role == RoleDevice:
 		r.synced = true
+	case m.Sync && skewErr == nil:
+		r.nextCatchUp()
 	}
 	if skewErr != nil {
 		// Asking again at the next heartbeat would fetch the same page and
@@ -730,6 +733,22 @@ func (r *Replica) requestSync(peer crdt.ReplicaID, force bool) {
 	}
 	r.syncing[peer] = r.tick
 	r.send(Message{Type: MsgSyncReq, To: peer, Vector: r.vector.Clone(), Colls: r.colls, Limit: r.cfg.PageSize})
+}
+
+// nextCatchUp follows a finished catch-up with the next peer still known
+// to be ahead, at once: waiting for its next heartbeat would cost a whole
+// heartbeat period per peer. The lowest id goes first so that replaying
+// the same inputs gives the same requests.
+func (r *Replica) nextCatchUp() {
+	var next crdt.ReplicaID
+	for id, p := range r.peers {
+		if !r.vector.CoversAll(p.Vector) && (next == uuid.Nil || bytes.Compare(id[:], next[:]) < 0) {
+			next = id
+		}
+	}
+	if next != uuid.Nil {
+		r.requestSync(next, false)
+	}
 }
 
 func (r *Replica) reply(to crdt.ReplicaID, code string, err error) {
