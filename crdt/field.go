@@ -91,8 +91,19 @@ type ORSet struct {
 	Elems []Element `json:"elems"` // sorted by canonical value
 }
 
+// find is a binary search without a comparison closure: it runs for
+// every set change a replica applies or prepares.
 func (s *ORSet) find(v []byte) (int, bool) {
-	return slices.BinarySearchFunc(s.Elems, v, func(e Element, v []byte) int { return bytes.Compare(e.Value, v) })
+	lo, hi := 0, len(s.Elems)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if bytes.Compare(s.Elems[m].Value, v) < 0 {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo, lo < len(s.Elems) && bytes.Equal(s.Elems[lo].Value, v)
 }
 
 func (s *ORSet) apply(c *Change) bool {
@@ -262,9 +273,31 @@ func (f *Field) Clone() *Field {
 	g.Reg.Sibs = slices.Clone(f.Reg.Sibs)
 	g.Reg.Dead = slices.Clone(f.Reg.Dead)
 	if f.Set != nil {
+		// One backing array for all elements' adds and one for their
+		// removed dots, not two allocations per element: a replica clones
+		// a field each time a batch first touches it. Each element's
+		// slices are capped at their length, so growing one moves it out
+		// instead of overwriting its neighbour; nil stays nil, as with
+		// slices.Clone.
+		var nAdds, nDead int
+		for _, e := range f.Set.Elems {
+			nAdds, nDead = nAdds+len(e.Adds), nDead+len(e.Dead)
+		}
+		adds, dead := make([]Tag, 0, nAdds), make(Ctx, 0, nDead)
 		g.Set = &ORSet{Elems: make([]Element, len(f.Set.Elems))}
 		for i, e := range f.Set.Elems {
-			g.Set.Elems[i] = Element{Value: e.Value, Adds: slices.Clone(e.Adds), Dead: slices.Clone(e.Dead)}
+			ge := Element{Value: e.Value, Adds: e.Adds[:0:0], Dead: e.Dead[:0:0]}
+			if len(e.Adds) > 0 {
+				a := len(adds)
+				adds = append(adds, e.Adds...)
+				ge.Adds = adds[a:len(adds):len(adds)]
+			}
+			if len(e.Dead) > 0 {
+				d := len(dead)
+				dead = append(dead, e.Dead...)
+				ge.Dead = dead[d:len(dead):len(dead)]
+			}
+			g.Set.Elems[i] = ge
 		}
 	}
 	if f.Ctr != nil {
