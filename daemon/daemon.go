@@ -151,6 +151,7 @@ func Start(ctx context.Context, cfg Config) (*Region, error) {
 		Node: n, Reader: st, Tokens: tokens, MaxBody: cfg.MaxBody, Gatherer: reg, Logger: log,
 		Demo: cfg.Demo, Ws: gw, Tick: cfg.Tick, Now: now,
 	})
+	reg.MustRegister(api.PeerCollector())
 	r.HTTP = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 
 	loopCtx, stopLoop := context.WithCancel(context.Background())

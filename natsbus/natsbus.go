@@ -10,13 +10,15 @@
 //	syncd.<ns>.sync.<region>      messages addressed to one region: sync
 //	                              requests, their pages, acks, errors
 //
+// Payloads are a compact binary form private to regions (codec.go); JSON
+// is still read, so a message published by hand is understood.
+//
 // Core NATS is at-most-once: nothing here retries. Correctness comes from
 // anti-entropy in the replica (heartbeats expose gaps, sync fills them).
 package natsbus
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -113,9 +115,12 @@ func startServer(o Options) (*server.Server, error) {
 		so.Port = server.RANDOM_PORT
 	case o.ConfigFile == "" && o.ClusterPort == 0:
 		so.DontListen = true // same-process connection only
-	case o.ConfigFile == "":
+	case o.ConfigFile == "" || so.Port == 0:
 		// nats-server starts its route listener only beside a client
-		// listener: take a random loopback port nobody needs to know.
+		// listener: take a random loopback port nobody needs to know. A
+		// config file that names no port gets one too, rather than
+		// nats-server's 4222: the client port is opt-in (--nats-port),
+		// and two regions on one host must not both claim 4222.
 		so.Port = server.RANDOM_PORT
 	}
 	if o.ClusterPort != 0 {
@@ -174,8 +179,8 @@ func (b *Bus) ClusterAddr() string {
 func (b *Bus) Subscribe(deliver func(replica.Message)) error {
 	me := b.id.String()
 	handle := func(msg *nats.Msg) {
-		var m replica.Message
-		if err := json.Unmarshal(msg.Data, &m); err != nil {
+		m, err := Decode(msg.Data)
+		if err != nil {
 			b.log.Warn("dropping malformed message", "subject", msg.Subject, "err", err)
 			return
 		}
@@ -221,10 +226,7 @@ func (b *Bus) Send(m replica.Message) error {
 }
 
 func (b *Bus) publish(subj string, m replica.Message) error {
-	data, err := json.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("encode %s: %w", m.Type, err)
-	}
+	data := Encode(&m)
 	// Leave room for headers and protocol framing.
 	if len(data) <= b.maxSize-1024 {
 		if err := b.nc.Publish(subj, data); err != nil {

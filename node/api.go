@@ -150,21 +150,33 @@ func (n *Node) WaitFor(ctx context.Context, ns, token string, timeout time.Durat
 // the last round satisfied. Runs on the loop after a save.
 func (n *Node) checkWaiters() {
 	keptA := n.acks[:0]
+	// ack=all counts every region this node has heard from in any
+	// namespace: a namespace's peers are known only once they heartbeat
+	// it, so the first writes to a new namespace would otherwise count as
+	// held everywhere while no other region holds them.
+	var known map[crdt.ReplicaID]bool
 	for _, w := range n.acks {
 		if w.ctx.Err() != nil {
 			continue
 		}
 		r := n.reps[w.ns]
-		held, peers := 1, 0
+		held := 1
 		for _, p := range r.Status().Peers {
-			peers++
 			if p.Vector.Covers(w.stamp) {
 				held++
 			}
 		}
 		need := w.need
 		if need == AckAll {
-			need = peers + 1
+			if known == nil {
+				known = map[crdt.ReplicaID]bool{}
+				for _, r := range n.reps {
+					for id := range r.Status().Peers {
+						known[id] = true
+					}
+				}
+			}
+			need = len(known) + 1
 		}
 		if held >= need {
 			w.done <- held
@@ -258,15 +270,14 @@ type session struct {
 // Attach registers a device connected to this region: messages for it and
 // the namespace's fan-out go to deliver, which must not block (the
 // gateway queues, and cuts off a device that does not read). The returned
-// function detaches it.
+// function detaches it. A second Attach of the same device replaces the
+// first: a device that reconnects before the server noticed its old
+// connection die must not be shut out.
 func (n *Node) Attach(ctx context.Context, ns string, id crdt.ReplicaID, deliver func(replica.Message)) (func(), error) {
 	s := &session{id: id, ns: ns, deliver: deliver}
 	err := n.do(ctx, func(n *Node) error {
 		if _, err := n.replica(ns); err != nil {
 			return err
-		}
-		if _, dup := n.sessions[id]; dup {
-			return fmt.Errorf("device %s is already connected here", id)
 		}
 		n.sessions[id] = s
 		return nil
@@ -275,7 +286,9 @@ func (n *Node) Attach(ctx context.Context, ns string, id crdt.ReplicaID, deliver
 		return nil, err
 	}
 	return func() {
-		n.post(func(n *Node) error {
+		// Not post: a detach dropped on a full queue would leave the
+		// session attached for good.
+		n.enqueue(func(n *Node) error {
 			if n.sessions[id] == s {
 				delete(n.sessions, id)
 			}
@@ -321,6 +334,24 @@ func (n *Node) DisconnectUpstream(ctx context.Context, ns string, region crdt.Re
 		}
 		return nil
 	})
+}
+
+// Restamp re-issues a device's unpushed changes stamped above floor (see
+// replica.Replica.Restamp), after a region refused them as too far ahead
+// and the caller corrected the clock. It returns how many it re-issued,
+// once they are durable.
+func (n *Node) Restamp(ctx context.Context, ns string, floor hlc.Timestamp) (int, error) {
+	var k int
+	err := n.do(ctx, func(n *Node) error {
+		r, err := n.replica(ns)
+		if err != nil {
+			return err
+		}
+		cs, err := r.Restamp(floor)
+		k = len(cs)
+		return err
+	})
+	return k, err
 }
 
 // Vector returns a namespace's durable vector.

@@ -32,7 +32,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Changes saved per round (group commit batch size).", Buckets: prometheus.ExponentialBuckets(1, 2, 14)}),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "syncd_messages_received_total",
 			Help: "Replication messages received from other regions, by type."}, []string{"type"}),
-		drops: prometheus.NewCounter(prometheus.CounterOpts{Name: "syncd_inputs_dropstotal",
+		drops: prometheus.NewCounter(prometheus.CounterOpts{Name: "syncd_inputs_dropped_total",
 			Help: "Peer messages dropped because the loop was saturated (anti-entropy repairs them)."}),
 	}
 	reg.MustRegister(m.writes, m.applied, m.commits, m.batch, m.messages, m.drops)

@@ -362,6 +362,12 @@ func (n *Node) Deliver(m replica.Message) {
 			return err
 		}
 		if err := r.Step(m); err != nil {
+			// The replica's error names the message and the sender's id;
+			// an operator reads the region's name (a refused clock, a
+			// malformed batch) more easily.
+			if name := n.NameOf(m.From); name != "" {
+				return fmt.Errorf("region %s: %w", name, err)
+			}
 			return fmt.Errorf("%s from %s: %w", m.Type, m.From, err)
 		}
 		n.m.stepped(m)

@@ -591,10 +591,20 @@ type NamespaceStatus struct {
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
-	st, err := s.cfg.Node.Status(r.Context())
+	out, err := s.statusNow(r.Context())
 	if err != nil {
 		s.fail(w, r, err)
 		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// statusNow is what GET /v1/status answers, and what the peer gauges on
+// /metrics report: one computation, so the two never disagree.
+func (s *Server) statusNow(ctx context.Context) (StatusResponse, error) {
+	st, err := s.cfg.Node.Status(ctx)
+	if err != nil {
+		return StatusResponse{}, err
 	}
 	now := s.cfg.Now()
 	out := StatusResponse{Node: s.cfg.Node.Name(), Replica: s.cfg.Node.ID(), Namespaces: map[string]NamespaceStatus{},
@@ -617,7 +627,47 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		return strings.Compare(a.Namespace+a.Node, b.Namespace+b.Node)
 	})
 	out.HLC = st.HLC
-	writeJSON(w, http.StatusOK, out)
+	return out, nil
+}
+
+var (
+	peerLabels     = []string{"ns", "peer", "replica"}
+	peerLagChanges = prometheus.NewDesc("syncd_peer_lag_changes",
+		"Changes a peer region holds that this region has not applied.", peerLabels, nil)
+	peerLagSeconds = prometheus.NewDesc("syncd_peer_lag_seconds",
+		"Now minus the HLC of the newest change applied from a peer, while behind it (0 when caught up).", peerLabels, nil)
+	peerHeard = prometheus.NewDesc("syncd_peer_last_heartbeat_seconds",
+		"Seconds since this region last heard from a peer.", peerLabels, nil)
+)
+
+// PeerCollector reports each peer's lag and last heartbeat as gauges, read
+// from the node when /metrics is scraped (the same figures as
+// /v1/status). Register it with the registry behind Config.Gatherer.
+func (s *Server) PeerCollector() prometheus.Collector { return peerCollector{s} }
+
+type peerCollector struct{ s *Server }
+
+func (c peerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- peerLagChanges
+	ch <- peerLagSeconds
+	ch <- peerHeard
+}
+
+func (c peerCollector) Collect(ch chan<- prometheus.Metric) {
+	// A scrape must not hang on a saturated loop.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st, err := c.s.statusNow(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(peerLagChanges, fmt.Errorf("read peer status: %w", err))
+		return
+	}
+	for _, p := range st.Peers {
+		l := []string{p.Namespace, p.Node, p.Replica.String()}
+		ch <- prometheus.MustNewConstMetric(peerLagChanges, prometheus.GaugeValue, float64(p.LagChanges), l...)
+		ch <- prometheus.MustNewConstMetric(peerLagSeconds, prometheus.GaugeValue, p.LagSeconds, l...)
+		ch <- prometheus.MustNewConstMetric(peerHeard, prometheus.GaugeValue, p.LastHeartbeat, l...)
+	}
 }
 
 func (s *Server) isolate(w http.ResponseWriter, r *http.Request) error {
