@@ -189,6 +189,8 @@ func Start(ctx context.Context, cfg Config) (*Region, error) {
 		// loop answers every write it accepted), then close the store.
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		// Websockets are hijacked: HTTP shutdown does not see them.
+		gw.Shutdown()
 		if e := r.HTTP.Shutdown(sctx); e != nil {
 			log.Warn("http shutdown", "err", e)
 		}

@@ -240,6 +240,22 @@ func (c *Clock) Restore(hw Timestamp) {
 	}
 }
 
+// Rewind lowers the high-water mark to hw, so that stamps above hw may be
+// issued again. It exists for one case: a device whose physical clock ran
+// ahead, whose pushes a region refused as too far in the future. Its own
+// refused stamps are then discarded (re-issued lower, see
+// replica.Replica.Restamp); without Rewind every later Now would stay
+// above them and be refused in turn until real time caught up.
+//
+// The caller must make sure no stamp above hw is still in use: hw must be
+// at or above every stamp observed from other replicas and every own
+// stamp kept. A hw at or above [Clock.Last] changes nothing.
+func (c *Clock) Rewind(hw Timestamp) {
+	if hw < c.last {
+		c.last = hw
+	}
+}
+
 func clampWall(ms int64) int64 {
 	switch {
 	case ms < 0:

@@ -24,6 +24,17 @@ func runBench(ctx context.Context, args []string) error {
 	fs.IntVar(&lo.RSSDocs, "rss-docs", 1_000_000, "documents for the RSS figure (0 skips it)")
 	fs.StringVar(&lo.Dir, "dir", "", "scratch directory (default a temporary one)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	var ro bench.ReplicationOptions
+	fs.IntVar(&ro.Rate, "rate", 1000, "replication: writes/s of the propagation phase")
+	fs.IntVar(&ro.CatchUp, "catchup-changes", 200_000, "replication: changes written while the second region is down")
+	fs.IntVar(&ro.Heal, "heal-changes", 10_000, "replication: divergent changes per side of the partition")
+	fs.IntVar(&ro.Ops, "ops", 100, "replication: changes per write request in the throughput phases")
+	fs.IntVar(&ro.Conns, "conns", 8, "replication: concurrent writers in the throughput phases")
+	fs.BoolVar(&ro.InProcess, "in-process", false, "replication: run the regions in this process (so --cpuprofile covers them)")
+	var do bench.DevicesOptions
+	fs.IntVar(&do.Rate, "device-rate", 500, "devices: changes/s of the device-to-device latency phase")
+	fs.IntVar(&do.Clients, "clients", 1000, "devices: connected clients for the fan-out and idle-memory figures")
+	fs.IntVar(&do.CatchUp, "device-catchup", 100_000, "devices: changes a fresh device catches up on")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -49,6 +60,18 @@ func runBench(ctx context.Context, args []string) error {
 			lo.Writes, lo.Batches, lo.Duration, lo.RSSDocs = 2000, 10, 500*time.Millisecond, 0
 		}
 		rep, err = bench.Local(ctx, lo)
+	case "replication":
+		ro.Duration, ro.Dir, ro.Progress = lo.Duration, lo.Dir, lo.Progress
+		if *quick {
+			ro.Duration, ro.CatchUp, ro.Heal = 500*time.Millisecond, 5000, 1000
+		}
+		rep, err = bench.Replication(ctx, ro)
+	case "devices":
+		do.Duration, do.Dir, do.Progress = lo.Duration, lo.Dir, lo.Progress
+		if *quick {
+			do.Duration, do.Clients, do.CatchUp = time.Second, 100, 10_000
+		}
+		rep, err = bench.Devices(ctx, do)
 	default:
 		return fmt.Errorf("bench: unknown benchmark %q (local, replication, devices)", args[0])
 	}
