@@ -201,11 +201,11 @@ func TestApplyWorkloadConverges(t *testing.T) {
 		// Concurrency must show in the state, or the workload is too tame.
 		concurrent := 0
 		for _, f := range s {
-			if len(f.Reg.Sibs) > 1 || (f.Ctr != nil && len(f.Ctr.Parts) > 1) {
+			if len(f.Reg().Sibs) > 1 || (f.Ctr() != nil && len(f.Ctr().Parts) > 1) {
 				concurrent++
 			}
-			if f.Set != nil {
-				for _, e := range f.Set.Elems {
+			if f.Set() != nil {
+				for _, e := range f.Set().Elems {
 					if len(e.Adds) > 1 {
 						concurrent++
 					}

@@ -62,7 +62,7 @@ func (r *Register) apply(c *Change) bool {
 
 // Dots lists the live siblings' dots: the context of a write that has seen
 // them all.
-func (r *Register) Dots() []Dot {
+func (r Register) Dots() []Dot {
 	ds := make([]Dot, len(r.Sibs))
 	for i, s := range r.Sibs {
 		ds[i] = s.Dot
@@ -233,12 +233,159 @@ func AddOverflows(a, b int64) bool {
 //
 // The document record (field name "") is a Field too: its Last is the
 // newest delete.
+//
+// A region holds millions of fields and nearly all of them hold the state
+// of one kind, most often a register with a single write, so a Field
+// keeps its stamp and one reference to the state of its kind rather than
+// room for every kind: 48 bytes, where a header with all three took 96.
+// The state is always in the one form its content calls for (see pack),
+// so equal states compare equal however they were reached. Read it with
+// Reg, Set and Ctr; build one from parts with FieldState.Field.
 type Field struct {
+	Last     Stamp
+	LastKind Kind
+	st       state
+}
+
+// state is one of: nil (no kind has state), *oneSib (a register with one
+// live write and nothing superseded, the commonest state), *Register,
+// *ORSet, *Counter, or *multi when more than one kind has state.
+type state interface{ isState() }
+
+// oneSib is the register with a single live write and an empty context:
+// the sibling alone, without a Register's two slice headers.
+type oneSib [1]Sibling
+
+// multi holds the states of a field that ops of several kinds reached.
+type multi struct {
+	reg Register
+	set *ORSet
+	ctr *Counter
+}
+
+func (*oneSib) isState()   {}
+func (*Register) isState() {}
+func (*ORSet) isState()    {}
+func (*Counter) isState()  {}
+func (*multi) isState()    {}
+
+// FieldState is a Field spelled out kind by kind: the form decoders and
+// models build, and the field's JSON form.
+type FieldState struct {
 	Last     Stamp    `json:"last"`
 	LastKind Kind     `json:"last_kind,omitempty"`
 	Reg      Register `json:"reg"`
 	Set      *ORSet   `json:"set,omitempty"`
 	Ctr      *Counter `json:"ctr,omitempty"`
+}
+
+// Field returns the field holding s. It takes s's slices and pointers
+// over: s must not be changed afterwards.
+func (s FieldState) Field() *Field {
+	return &Field{Last: s.Last, LastKind: s.LastKind, st: pack(s.Reg, s.Set, s.Ctr)}
+}
+
+// State spells the field out. The slices and pointers are the field's own:
+// read them, do not change them.
+func (f *Field) State() FieldState {
+	return FieldState{Last: f.Last, LastKind: f.LastKind, Reg: f.Reg(), Set: f.Set(), Ctr: f.Ctr()}
+}
+
+// MarshalJSON writes the field as its FieldState: the form it always had.
+func (f Field) MarshalJSON() ([]byte, error) { return json.Marshal(f.State()) }
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (f *Field) UnmarshalJSON(b []byte) error {
+	var s FieldState
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	*f = *s.Field()
+	return nil
+}
+
+func (r *Register) present() bool { return len(r.Sibs) > 0 || len(r.Dead) > 0 }
+
+// pack chooses the one form for the given states. A register with one
+// live write and an empty context keeps only that sibling, in the array
+// its slice already points to.
+func pack(reg Register, set *ORSet, ctr *Counter) state {
+	n := 0
+	if reg.present() {
+		n++
+	}
+	if set != nil {
+		n++
+	}
+	if ctr != nil {
+		n++
+	}
+	switch {
+	case n == 0:
+		return nil
+	case n > 1:
+		return &multi{reg: reg, set: set, ctr: ctr}
+	case set != nil:
+		return set
+	case ctr != nil:
+		return ctr
+	case len(reg.Sibs) == 1 && len(reg.Dead) == 0:
+		return (*oneSib)(reg.Sibs)
+	}
+	r := new(Register) // not &reg, which would put every call's reg on the heap
+	*r = reg
+	return r
+}
+
+// Reg returns the register state (lww and manual); the zero Register if
+// there is none. Its slices are the field's own: read only.
+func (f *Field) Reg() Register {
+	switch st := f.st.(type) {
+	case *oneSib:
+		return Register{Sibs: st[:]}
+	case *Register:
+		return *st
+	case *multi:
+		return st.reg
+	}
+	return Register{}
+}
+
+// Set returns the OR-set state, or nil if the field has none.
+func (f *Field) Set() *ORSet {
+	switch st := f.st.(type) {
+	case *ORSet:
+		return st
+	case *multi:
+		return st.set
+	}
+	return nil
+}
+
+// Ctr returns the counter state, or nil if the field has none.
+func (f *Field) Ctr() *Counter {
+	switch st := f.st.(type) {
+	case *Counter:
+		return st
+	case *multi:
+		return st.ctr
+	}
+	return nil
+}
+
+// setReg stores a register that Register.apply changed.
+func (f *Field) setReg(r Register) {
+	switch st := f.st.(type) {
+	case *Register:
+		if len(r.Sibs) != 1 || len(r.Dead) != 0 {
+			*st = r
+			return
+		}
+	case *multi:
+		st.reg = r
+		return
+	}
+	f.st = pack(r, f.Set(), f.Ctr())
 }
 
 // Apply merges one change into the field and reports whether the state
@@ -251,17 +398,27 @@ func (f *Field) Apply(c *Change) bool {
 	}
 	switch c.Op {
 	case OpSet, OpResolve:
-		changed = f.Reg.apply(c) || changed
+		// Register.apply changes the register's arrays only when it
+		// reports a change, and then the new headers are stored back.
+		r := f.Reg()
+		if r.apply(c) {
+			f.setReg(r)
+			changed = true
+		}
 	case OpAdd, OpRemove:
-		if f.Set == nil {
-			f.Set = &ORSet{}
+		s := f.Set()
+		if s == nil {
+			s = &ORSet{}
+			f.st = pack(f.Reg(), s, f.Ctr())
 		}
-		changed = f.Set.apply(c) || changed
+		changed = s.apply(c) || changed
 	case OpIncr:
-		if f.Ctr == nil {
-			f.Ctr = &Counter{}
+		ct := f.Ctr()
+		if ct == nil {
+			ct = &Counter{}
+			f.st = pack(f.Reg(), f.Set(), ct)
 		}
-		changed = f.Ctr.apply(c) || changed
+		changed = ct.apply(c) || changed
 	}
 	return changed
 }
@@ -270,41 +427,59 @@ func (f *Field) Apply(c *Change) bool {
 // touching the state its storage handed it.
 func (f *Field) Clone() *Field {
 	g := &Field{Last: f.Last, LastKind: f.LastKind}
-	g.Reg.Sibs = slices.Clone(f.Reg.Sibs)
-	g.Reg.Dead = slices.Clone(f.Reg.Dead)
-	if f.Set != nil {
-		// One backing array for all elements' adds and one for their
-		// removed dots, not two allocations per element: a replica clones
-		// a field each time a batch first touches it. Each element's
-		// slices are capped at their length, so growing one moves it out
-		// instead of overwriting its neighbour; nil stays nil, as with
-		// slices.Clone.
-		var nAdds, nDead int
-		for _, e := range f.Set.Elems {
-			nAdds, nDead = nAdds+len(e.Adds), nDead+len(e.Dead)
+	switch st := f.st.(type) {
+	case *oneSib:
+		c := *st
+		g.st = &c
+	case *Register:
+		g.st = &Register{Sibs: slices.Clone(st.Sibs), Dead: slices.Clone(st.Dead)}
+	case *ORSet:
+		g.st = st.clone()
+	case *Counter:
+		g.st = st.clone()
+	case *multi:
+		m := &multi{reg: Register{Sibs: slices.Clone(st.reg.Sibs), Dead: slices.Clone(st.reg.Dead)}}
+		if st.set != nil {
+			m.set = st.set.clone()
 		}
-		adds, dead := make([]Tag, 0, nAdds), make(Ctx, 0, nDead)
-		g.Set = &ORSet{Elems: make([]Element, len(f.Set.Elems))}
-		for i, e := range f.Set.Elems {
-			ge := Element{Value: e.Value, Adds: e.Adds[:0:0], Dead: e.Dead[:0:0]}
-			if len(e.Adds) > 0 {
-				a := len(adds)
-				adds = append(adds, e.Adds...)
-				ge.Adds = adds[a:len(adds):len(adds)]
-			}
-			if len(e.Dead) > 0 {
-				d := len(dead)
-				dead = append(dead, e.Dead...)
-				ge.Dead = dead[d:len(dead):len(dead)]
-			}
-			g.Set.Elems[i] = ge
+		if st.ctr != nil {
+			m.ctr = st.ctr.clone()
 		}
-	}
-	if f.Ctr != nil {
-		g.Ctr = &Counter{Parts: slices.Clone(f.Ctr.Parts)}
+		g.st = m
 	}
 	return g
 }
+
+func (s *ORSet) clone() *ORSet {
+	// One backing array for all elements' adds and one for their removed
+	// dots, not two allocations per element: a replica clones a field
+	// each time a batch first touches it. Each element's slices are
+	// capped at their length, so growing one moves it out instead of
+	// overwriting its neighbour; nil stays nil, as with slices.Clone.
+	var nAdds, nDead int
+	for _, e := range s.Elems {
+		nAdds, nDead = nAdds+len(e.Adds), nDead+len(e.Dead)
+	}
+	adds, dead := make([]Tag, 0, nAdds), make(Ctx, 0, nDead)
+	g := &ORSet{Elems: make([]Element, len(s.Elems))}
+	for i, e := range s.Elems {
+		ge := Element{Value: e.Value, Adds: e.Adds[:0:0], Dead: e.Dead[:0:0]}
+		if len(e.Adds) > 0 {
+			a := len(adds)
+			adds = append(adds, e.Adds...)
+			ge.Adds = adds[a:len(adds):len(adds)]
+		}
+		if len(e.Dead) > 0 {
+			d := len(dead)
+			dead = append(dead, e.Dead...)
+			ge.Dead = dead[d:len(dead):len(dead)]
+		}
+		g.Elems[i] = ge
+	}
+	return g
+}
+
+func (ct *Counter) clone() *Counter { return &Counter{Parts: slices.Clone(ct.Parts)} }
 
 func cmpDot(a, b Dot) int {
 	if c := cmpID(a.Replica, b.Replica); c != 0 {

@@ -374,7 +374,7 @@ func checkLaws(t *rapid.T, all []crdt.Change, want string) {
 	extra := crdt.Change{ID: uuid.New(), Origin: uuid.MustParse("ffffffff-ffff-4fff-bfff-ffffffffffff"), Seq: 1, HLC: hlc.Make(1<<40, 0),
 		NS: simNS, Coll: simColl, Doc: simDoc, Field: "a", Kind: crdt.KindLWW, Op: crdt.OpSet, Value: json.RawMessage(`1`)}
 	if f := cl.Fields["a"]; f != nil {
-		extra.Context = f.Reg.Dots()
+		extra.Context = f.Reg().Dots()
 	}
 	cl.Apply(&extra)
 	if got := stateJSON(t, twice); got != want {

@@ -61,7 +61,7 @@ func visibleSibs(f *crdt.Field, del crdt.Stamp) []crdt.Sibling {
 		return nil
 	}
 	var out []crdt.Sibling
-	for _, s := range f.Reg.Sibs { // newest first
+	for _, s := range f.Reg().Sibs { // newest first
 		if del.Less(s.Stamp()) {
 			out = append(out, s)
 		}
@@ -73,7 +73,7 @@ func registerContext(f *crdt.Field) []crdt.Dot {
 	if f == nil {
 		return nil
 	}
-	return f.Reg.Dots()
+	return f.Reg().Dots()
 }
 
 type lww struct{}
@@ -134,8 +134,8 @@ func (orset) Prepare(f *crdt.Field, c *crdt.Change) error {
 	// takes out only those (so a concurrent add wins), and a re-add keeps
 	// one live add per writer.
 	c.Context = nil
-	if f != nil && f.Set != nil {
-		if e := f.Set.Element(c.Value); e != nil {
+	if f != nil && f.Set() != nil {
+		if e := f.Set().Element(c.Value); e != nil {
 			for _, t := range e.Adds {
 				c.Context = append(c.Context, t.Dot)
 			}
@@ -146,8 +146,8 @@ func (orset) Prepare(f *crdt.Field, c *crdt.Change) error {
 func (orset) Render(f *crdt.Field, del crdt.Stamp) (json.RawMessage, []crdt.Sibling) {
 	out := []byte{'['}
 	n := 0
-	if f != nil && f.Set != nil {
-		for _, e := range f.Set.Elems { // sorted by canonical value
+	if f != nil && f.Set() != nil {
+		for _, e := range f.Set().Elems { // sorted by canonical value
 			if slices.ContainsFunc(e.Adds, func(t crdt.Tag) bool { return del.Less(crdt.Stamp{HLC: t.HLC, Replica: t.Dot.Replica}) }) {
 				if n > 0 {
 					out = append(out, ',')
@@ -172,8 +172,8 @@ func (counter) Prepare(f *crdt.Field, c *crdt.Change) error {
 		return fmt.Errorf("%w: incr needs an integer delta, got %s", crdt.ErrInvalid, c.Value)
 	}
 	var mine, sum int64
-	if f != nil && f.Ctr != nil {
-		mine, sum = f.Ctr.Part(c.Origin), f.Ctr.Value()
+	if f != nil && f.Ctr() != nil {
+		mine, sum = f.Ctr().Part(c.Origin), f.Ctr().Value()
 	}
 	if crdt.AddOverflows(mine, d) || crdt.AddOverflows(sum, d) {
 		return fmt.Errorf("%w: %d + %d leaves int64", crdt.ErrCounterRange, sum, d)
@@ -183,8 +183,8 @@ func (counter) Prepare(f *crdt.Field, c *crdt.Change) error {
 }
 func (counter) Render(f *crdt.Field, _ crdt.Stamp) (json.RawMessage, []crdt.Sibling) {
 	var v int64
-	if f != nil && f.Ctr != nil {
-		v = f.Ctr.Value()
+	if f != nil && f.Ctr() != nil {
+		v = f.Ctr().Value()
 	}
 	return json.RawMessage(strconv.AppendInt(nil, v, 10)), nil
 }

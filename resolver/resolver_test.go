@@ -133,8 +133,8 @@ func TestRenderLWW(t *testing.T) {
 	if v.HasConflicts() {
 		t.Fatalf("conflicts after a write that saw all: %v", v.Conflicts)
 	}
-	if len(d.Fields["title"].Reg.Sibs) != 1 {
-		t.Fatalf("state keeps %d siblings", len(d.Fields["title"].Reg.Sibs))
+	if len(d.Fields["title"].Reg().Sibs) != 1 {
+		t.Fatalf("state keeps %d siblings", len(d.Fields["title"].Reg().Sibs))
 	}
 }
 
@@ -186,7 +186,7 @@ func TestRenderORSet(t *testing.T) {
 	add := d.write(us, 3, 102, "cart", crdt.KindORSet, crdt.OpAdd, `"apple"`)
 	add2 := d.write(us, 4, 103, "cart", crdt.KindORSet, crdt.OpAdd, `"apple"`) // re-add supersedes its own
 	wantShown(t, d.view(), "cart", `["apple","pear",{"n":1,"sku":2}]`)
-	if e := d.Fields["cart"].Set.Element([]byte(`"apple"`)); len(e.Adds) != 1 {
+	if e := d.Fields["cart"].Set().Element([]byte(`"apple"`)); len(e.Adds) != 1 {
 		t.Fatalf("re-add keeps %d adds", len(e.Adds))
 	}
 

@@ -106,7 +106,8 @@ func (e *enc) ctx(c crdt.Ctx) {
 }
 
 // appendField appends the encoding of f to b.
-func appendField(b []byte, f *crdt.Field) []byte {
+func appendField(b []byte, field *crdt.Field) []byte {
+	f := field.State()
 	e := enc{b: b}
 	e.collect(f.Last.Replica)
 	for _, s := range f.Reg.Sibs {
@@ -367,7 +368,7 @@ func decodeField(b []byte) (*crdt.Field, error) {
 	for i := range d.ids {
 		d.ids[i] = d.id("replica table")
 	}
-	f := &crdt.Field{}
+	f := &crdt.FieldState{}
 	f.Last.HLC = hlc.Timestamp(d.uvarint("last hlc"))
 	f.Last.Replica = d.ref("last replica")
 	f.LastKind = crdt.Kind(d.byte1("last kind"))
@@ -421,7 +422,7 @@ func decodeField(b []byte) (*crdt.Field, error) {
 	if err := d.done("field"); err != nil {
 		return nil, err
 	}
-	return f, nil
+	return f.Field(), nil
 }
 
 // decodeChange decodes a change of namespace ns. Value aliases b.

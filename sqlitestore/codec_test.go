@@ -257,7 +257,7 @@ func TestCodecCoversEveryField(t *testing.T) {
 		want string
 	}{
 		{crdt.Change{}, "ID Origin Seq HLC Region RSeq NS Coll Doc Field Kind Op Value Total Context"},
-		{crdt.Field{}, "Last LastKind Reg Set Ctr"},
+		{crdt.FieldState{}, "Last LastKind Reg Set Ctr"},
 		{crdt.Stamp{}, "HLC Replica"},
 		{crdt.Register{}, "Sibs Dead"},
 		{crdt.Sibling{}, "Dot HLC Value"},

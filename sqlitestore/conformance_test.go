@@ -144,8 +144,8 @@ func confFields(t *testing.T, newStore func(*testing.T) (replica.Storage, func(*
 		t.Fatal(err)
 	}
 	mustEqual(t, "overwritten title", got, up[0].State)
-	if len(got.Reg.Sibs) != 1 {
-		t.Fatalf("title has %d siblings after a write that saw both", len(got.Reg.Sibs))
+	if len(got.Reg().Sibs) != 1 {
+		t.Fatalf("title has %d siblings after a write that saw both", len(got.Reg().Sibs))
 	}
 	doc, err = st.Doc(crdt.DocKey{NS: confNS, Coll: "items", Doc: "d1"})
 	if err != nil {

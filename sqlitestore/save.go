@@ -180,7 +180,7 @@ func (s *Store) saveReady(w *wconn, rd *replica.Ready) error {
 		if u.State == nil {
 			return fmt.Errorf("field %s: no state", u.Key)
 		}
-		conflict := len(u.State.Reg.Sibs) > 1
+		conflict := len(u.State.Reg().Sibs) > 1
 		s.kbuf = fieldKey(s.kbuf[:0], u.Key)
 		s.buf = appendField(s.buf[:0], u.State)
 		if err := s.bfields.add(w, string(s.kbuf), conflict, s.bfields.blob(s.buf)); err != nil {

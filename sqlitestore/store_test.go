@@ -213,8 +213,8 @@ func TestReplicaRestartNeverReuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(f.Reg.Sibs) != 1 || string(f.Reg.Sibs[0].Value) != `"after restart"` {
-		t.Fatalf("field after restart: %+v", f.Reg.Sibs)
+	if len(f.Reg().Sibs) != 1 || string(f.Reg().Sibs[0].Value) != `"after restart"` {
+		t.Fatalf("field after restart: %+v", f.Reg().Sibs)
 	}
 }
 
@@ -764,8 +764,8 @@ func TestReadersSeeWholeSaves(t *testing.T) {
 					errs <- err
 					return
 				}
-				if fs != nil && !reflect.DeepEqual(fs["a"].Reg.Sibs[0].Value, fs["b"].Reg.Sibs[0].Value) {
-					errs <- fmt.Errorf("torn read: a=%s b=%s", fs["a"].Reg.Sibs[0].Value, fs["b"].Reg.Sibs[0].Value)
+				if fs != nil && !reflect.DeepEqual(fs["a"].Reg().Sibs[0].Value, fs["b"].Reg().Sibs[0].Value) {
+					errs <- fmt.Errorf("torn read: a=%s b=%s", fs["a"].Reg().Sibs[0].Value, fs["b"].Reg().Sibs[0].Value)
 					return
 				}
 				if _, err := s.ConflictDocs(ctx, "ns", "", 10); err != nil {

@@ -29,7 +29,7 @@ func (s *sim) check() error {
 		keys[k] = true
 	}
 	for _, n := range s.nodes {
-		for k := range n.st.Docs {
+		for _, k := range n.st.DocKeys() {
 			keys[k] = true
 		}
 	}
@@ -54,22 +54,22 @@ func (s *sim) check() error {
 			return err
 		}
 		first := s.nodes[0]
-		firstDoc, err := canonicalDoc(first.st.Docs[k])
+		firstDoc, err := canonicalDoc(first.st.DocFields(k))
 		if err != nil {
 			return err
 		}
-		firstV, err := json.Marshal(resolver.Render(k.Doc, first.st.Docs[k], nil))
+		firstV, err := json.Marshal(resolver.Render(k.Doc, first.st.DocFields(k), nil))
 		if err != nil {
 			return err
 		}
 		// Replicas against each other first: a divergence is a worse bug
 		// than a wrong but common answer, and says more.
 		for _, n := range s.nodes[1:] {
-			if !equalDoc(first.st.Docs[k], n.st.Docs[k]) {
-				d, names := diffFields(first.name, first.st.Docs[k], n.name, n.st.Docs[k])
+			if !equalDoc(first.st.DocFields(k), n.st.DocFields(k)) {
+				d, names := diffFields(first.name, first.st.DocFields(k), n.name, n.st.DocFields(k))
 				return fmt.Errorf("replicas diverge on %s%s\n%s", k, d, s.changesOf(byDoc[k], names))
 			}
-			gotV, err := json.Marshal(resolver.Render(k.Doc, n.st.Docs[k], nil))
+			gotV, err := json.Marshal(resolver.Render(k.Doc, n.st.DocFields(k), nil))
 			if err != nil {
 				return err
 			}
@@ -78,7 +78,7 @@ func (s *sim) check() error {
 			}
 		}
 		if !bytes.Equal(firstDoc, want) {
-			d, names := diffFields("replicas", first.st.Docs[k], "model", wantFields)
+			d, names := diffFields("replicas", first.st.DocFields(k), "model", wantFields)
 			return fmt.Errorf("%s: state differs from the model%s\n%s", k, d, s.changesOf(byDoc[k], names))
 		}
 		if !bytes.Equal(firstV, wantV) {
@@ -227,17 +227,17 @@ func equalField(a, b *crdt.Field) bool {
 	if a.Last != b.Last || a.LastKind != b.LastKind {
 		return false
 	}
-	if !slices.Equal(a.Reg.Dead, b.Reg.Dead) || !slices.EqualFunc(a.Reg.Sibs, b.Reg.Sibs, func(x, y crdt.Sibling) bool {
+	if !slices.Equal(a.Reg().Dead, b.Reg().Dead) || !slices.EqualFunc(a.Reg().Sibs, b.Reg().Sibs, func(x, y crdt.Sibling) bool {
 		return x.Dot == y.Dot && x.HLC == y.HLC && bytes.Equal(x.Value, y.Value)
 	}) {
 		return false
 	}
 	var ea, eb []crdt.Element
-	if a.Set != nil {
-		ea = a.Set.Elems
+	if a.Set() != nil {
+		ea = a.Set().Elems
 	}
-	if b.Set != nil {
-		eb = b.Set.Elems
+	if b.Set() != nil {
+		eb = b.Set().Elems
 	}
 	if !slices.EqualFunc(ea, eb, func(x, y crdt.Element) bool {
 		return bytes.Equal(x.Value, y.Value) && slices.Equal(x.Adds, y.Adds) && slices.Equal(x.Dead, y.Dead)
@@ -245,11 +245,11 @@ func equalField(a, b *crdt.Field) bool {
 		return false
 	}
 	var pa, pb []crdt.Part
-	if a.Ctr != nil {
-		pa = a.Ctr.Parts
+	if a.Ctr() != nil {
+		pa = a.Ctr().Parts
 	}
-	if b.Ctr != nil {
-		pb = b.Ctr.Parts
+	if b.Ctr() != nil {
+		pb = b.Ctr().Parts
 	}
 	return slices.Equal(pa, pb)
 }

@@ -196,7 +196,7 @@ func cmpDot(a, b crdt.Dot) int {
 // field builds the state the core should hold for a field that received
 // exactly cs.
 func expectField(cs []*crdt.Change) (*crdt.Field, error) {
-	f := &crdt.Field{}
+	f := &crdt.FieldState{}
 	n := newest(cs)
 	f.Last, f.LastKind = stampOf(n), n.Kind
 
@@ -254,7 +254,7 @@ func expectField(cs []*crdt.Change) (*crdt.Field, error) {
 		}
 		slices.SortFunc(f.Ctr.Parts, func(a, b crdt.Part) int { return bytes.Compare(a.Replica[:], b.Replica[:]) })
 	}
-	return f, nil
+	return f.Field(), nil
 }
 
 // expectDoc returns the field states and the view a document should have.

@@ -213,19 +213,21 @@ func TestCheckerBites(t *testing.T) {
 		want   string
 	}{
 		{"one replica loses a sibling", func(s *sim) bool {
-			f := anyField(s.nodes[len(s.nodes)-1], func(f *crdt.Field) bool { return len(f.Reg.Sibs) > 1 })
+			f := anyField(s.nodes[len(s.nodes)-1], func(f *crdt.Field) bool { return len(f.Reg().Sibs) > 1 })
 			if f == nil {
 				return false
 			}
-			f.Reg.Sibs = f.Reg.Sibs[1:]
+			st := f.State()
+			st.Reg.Sibs = st.Reg.Sibs[1:]
+			*f = *st.Field()
 			return true
 		}, "replicas diverge"},
 		{"every replica counts one too many", func(s *sim) bool {
 			ok := false
 			for _, n := range s.nodes {
-				f := anyField(n, func(f *crdt.Field) bool { return f.Ctr != nil && len(f.Ctr.Parts) > 0 })
+				f := anyField(n, func(f *crdt.Field) bool { return f.Ctr() != nil && len(f.Ctr().Parts) > 0 })
 				if f != nil {
-					f.Ctr.Parts[0].Total++
+					f.Ctr().Parts[0].Total++
 					ok = true
 				}
 			}
@@ -274,18 +276,18 @@ func TestCheckerBites(t *testing.T) {
 // satisfies ok. The tampering tests modify it in place.
 func anyField(n *node, ok func(*crdt.Field) bool) *crdt.Field {
 	var keys []crdt.DocKey
-	for k := range n.st.Docs {
+	for _, k := range n.st.DocKeys() {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, func(a, b crdt.DocKey) int { return strings.Compare(a.String(), b.String()) })
 	for _, k := range keys {
 		names := make([]string, 0)
-		for name := range n.st.Docs[k] {
+		for name := range n.st.DocFields(k) {
 			names = append(names, name)
 		}
 		slices.Sort(names)
 		for _, name := range names {
-			if f := n.st.Docs[k][name]; ok(f) {
+			if f := n.st.DocFields(k)[name]; ok(f) {
 				return f
 			}
 		}

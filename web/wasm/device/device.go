@@ -107,11 +107,7 @@ func New(ns string, snap []byte, now func() int64) (*Device, error) {
 			if f.State == nil {
 				continue
 			}
-			k := crdt.DocKey{NS: ns, Coll: f.Coll, Doc: f.Doc}
-			if d.st.Docs[k] == nil {
-				d.st.Docs[k] = map[string]*crdt.Field{}
-			}
-			d.st.Docs[k][f.Field] = f.State
+			d.st.PutField(crdt.FieldKey{NS: ns, Coll: f.Coll, Doc: f.Doc, Field: f.Field}, f.State)
 		}
 		for _, dot := range s.Dots {
 			d.st.Dots[dot] = struct{}{}
@@ -245,8 +241,8 @@ func (d *Device) Export() ([]byte, error) {
 	if s.Outbox == nil {
 		s.Outbox = []crdt.Change{}
 	}
-	for k, fs := range d.st.Docs {
-		for name, f := range fs {
+	for _, k := range d.st.DocKeys() {
+		for name, f := range d.st.DocFields(k) {
 			s.Fields = append(s.Fields, SnapshotField{Coll: k.Coll, Doc: k.Doc, Field: name, State: f})
 		}
 	}
@@ -285,7 +281,7 @@ func (d *Device) Doc(coll, id string) (resolver.View, bool, error) {
 // Docs renders every document of a collection, by id.
 func (d *Device) Docs(coll string) ([]resolver.View, error) {
 	var ids []string
-	for k := range d.st.Docs {
+	for _, k := range d.st.DocKeys() {
 		if k.Coll == coll {
 			ids = append(ids, k.Doc)
 		}
