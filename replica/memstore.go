@@ -18,7 +18,7 @@ type MemStorage struct {
 	// 128 bytes where a map of them took 256, and a map slot keyed by the
 	// id alone is 32 bytes smaller than one keyed by the whole DocKey.
 	docs   map[collKey]map[string][]memField
-	Dots   map[crdt.Dot]struct{}
+	Dots   DotSet
 	Logs   map[crdt.ReplicaID][]crdt.Change // per region, in RSeq order
 	State  State
 	Outbox []crdt.Change
@@ -30,7 +30,7 @@ var _ Storage = (*MemStorage)(nil)
 func NewMemStorage() *MemStorage {
 	return &MemStorage{
 		docs: map[collKey]map[string][]memField{},
-		Dots: map[crdt.Dot]struct{}{},
+		Dots: DotSet{},
 		Logs: map[crdt.ReplicaID][]crdt.Change{},
 	}
 }
@@ -124,8 +124,7 @@ func (m *MemStorage) putFields(dk crdt.DocKey, us []FieldUpdate) {
 }
 
 func (m *MemStorage) HasDot(d crdt.Dot) (bool, error) {
-	_, ok := m.Dots[d]
-	return ok, nil
+	return m.Dots.Has(d), nil
 }
 
 // Log serves from the per-region slices; entries are appended in RSeq
@@ -152,7 +151,7 @@ func (m *MemStorage) Save(rd *Ready) {
 		m.State = State{Vector: rd.State.Vector.Clone(), Seq: rd.State.Seq, HLC: rd.State.HLC}
 	}
 	for _, c := range rd.Log {
-		m.Dots[c.Dot()] = struct{}{}
+		m.Dots.Add(c.Dot())
 		if c.RSeq != 0 {
 			l := m.Logs[c.Region]
 			if n := len(l); n == 0 || l[n-1].RSeq < c.RSeq {

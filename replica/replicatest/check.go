@@ -148,12 +148,12 @@ func (s *sim) checkStores() error {
 			return fmt.Errorf("%s: %d writes still in the outbox", n.name, len(n.st.Outbox))
 		}
 		for _, c := range s.model.order {
-			if _, ok := n.st.Dots[c.Dot()]; !ok {
+			if !n.st.Dots.Has(c.Dot()) {
 				return fmt.Errorf("%s lacks durable change %s/%d (%s %s)", n.name, s.nameOf(c.Origin), c.Seq, c.Key(), c.Op)
 			}
 		}
-		if len(n.st.Dots) != want {
-			for d := range n.st.Dots {
+		if n.st.Dots.Len() != want {
+			for d := range n.st.Dots.All() {
 				if s.model.byDot[d] == nil {
 					return fmt.Errorf("%s holds change %s/%d, which no origin made durable", n.name, s.nameOf(d.Replica), d.Seq)
 				}

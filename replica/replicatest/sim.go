@@ -627,7 +627,7 @@ func (s *sim) madeDurable(n *node, writes []crdt.Change, rd *replica.Ready) erro
 func (s *sim) checkDurable(n *node, m replica.Message) error {
 	for i := range m.Changes {
 		c := &m.Changes[i]
-		if _, ok := n.st.Dots[c.Dot()]; !ok {
+		if !n.st.Dots.Has(c.Dot()) {
 			return fmt.Errorf("%s sends %s carrying change %s/%d it has not saved", n.name, m.Type, s.nameOf(c.Origin), c.Seq)
 		}
 		if !s.model.hasID(c) {
@@ -635,7 +635,7 @@ func (s *sim) checkDurable(n *node, m replica.Message) error {
 		}
 	}
 	for _, d := range m.Dots {
-		if _, ok := n.st.Dots[d]; !ok {
+		if !n.st.Dots.Has(d) {
 			return fmt.Errorf("%s acknowledges %s/%d before saving it", n.name, s.nameOf(d.Replica), d.Seq)
 		}
 	}

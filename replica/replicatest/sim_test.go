@@ -241,7 +241,7 @@ func TestCheckerBites(t *testing.T) {
 		}, "no origin made durable"},
 		{"a lost write shows up in a store", func(s *sim) bool {
 			n := s.nodes[0]
-			n.st.Dots[crdt.Dot{Replica: n.id, Seq: 1 << 40}] = struct{}{}
+			n.st.Dots.Add(crdt.Dot{Replica: n.id, Seq: 1 << 40})
 			return true
 		}, "no origin made durable"},
 	}

@@ -110,7 +110,7 @@ func New(ns string, snap []byte, now func() int64) (*Device, error) {
 			d.st.PutField(crdt.FieldKey{NS: ns, Coll: f.Coll, Doc: f.Doc, Field: f.Field}, f.State)
 		}
 		for _, dot := range s.Dots {
-			d.st.Dots[dot] = struct{}{}
+			d.st.Dots.Add(dot)
 		}
 		d.st.State, d.st.Outbox = st, slices.Clone(outbox)
 	}
@@ -234,7 +234,7 @@ func (d *Device) Advance() { d.r.Advance() }
 // written in key order, so equal states give equal bytes.
 func (d *Device) Export() ([]byte, error) {
 	s := Snapshot{Version: SnapshotVersion, NS: d.ns, ID: d.id, State: d.st.State, Outbox: d.st.Outbox,
-		Offset: d.offset, Fields: []SnapshotField{}, Dots: make([]crdt.Dot, 0, len(d.st.Dots))}
+		Offset: d.offset, Fields: []SnapshotField{}, Dots: make([]crdt.Dot, 0, d.st.Dots.Len())}
 	if s.State.Vector == nil {
 		s.State.Vector = crdt.Vector{}
 	}
@@ -249,7 +249,7 @@ func (d *Device) Export() ([]byte, error) {
 	slices.SortFunc(s.Fields, func(a, b SnapshotField) int {
 		return strings.Compare(a.Coll+"\x00"+a.Doc+"\x00"+a.Field, b.Coll+"\x00"+b.Doc+"\x00"+b.Field)
 	})
-	for dot := range d.st.Dots {
+	for dot := range d.st.Dots.All() {
 		s.Dots = append(s.Dots, dot)
 	}
 	slices.SortFunc(s.Dots, func(a, b crdt.Dot) int {
