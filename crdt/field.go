@@ -375,6 +375,9 @@ func (f *Field) Ctr() *Counter {
 
 // setReg stores a register that Register.apply changed.
 func (f *Field) setReg(r Register) {
+	if len(r.Dead) == 0 {
+		r.Dead = nil // growReg's spare room, unused
+	}
 	switch st := f.st.(type) {
 	case *Register:
 		if len(r.Sibs) != 1 || len(r.Dead) != 0 {
@@ -398,24 +401,32 @@ func (f *Field) Apply(c *Change) bool {
 	}
 	switch c.Op {
 	case OpSet, OpResolve:
+		one, _ := f.st.(*oneSib)
+		if one != nil && one[0].Dot != c.Dot() {
+			// Any other write leaves a second sibling or a superseded
+			// dot: make the room for both at once.
+			f.st = growReg(one)
+		}
 		// Register.apply changes the register's arrays only when it
 		// reports a change, and then the new headers are stored back.
 		r := f.Reg()
 		if r.apply(c) {
 			f.setReg(r)
 			changed = true
+		} else if one != nil {
+			f.st = one
 		}
 	case OpAdd, OpRemove:
 		s := f.Set()
 		if s == nil {
-			s = &ORSet{}
+			s = newORSet()
 			f.st = pack(f.Reg(), s, f.Ctr())
 		}
 		changed = s.apply(c) || changed
 	case OpIncr:
 		ct := f.Ctr()
 		if ct == nil {
-			ct = &Counter{}
+			ct = newCounter()
 			f.st = pack(f.Reg(), f.Set(), ct)
 		}
 		changed = ct.apply(c) || changed
@@ -432,7 +443,7 @@ func (f *Field) Clone() *Field {
 		c := *st
 		g.st = &c
 	case *Register:
-		g.st = &Register{Sibs: slices.Clone(st.Sibs), Dead: slices.Clone(st.Dead)}
+		g.st = st.clone()
 	case *ORSet:
 		g.st = st.clone()
 	case *Counter:
@@ -448,6 +459,59 @@ func (f *Field) Clone() *Field {
 		g.st = m
 	}
 	return g
+}
+
+// growReg returns the register that the single write in one becomes on
+// its next change, with room for that change: a second sibling and a
+// superseded dot, in the same allocation as the register.
+func growReg(one *oneSib) *Register {
+	b := new(struct {
+		r    Register
+		sibs [2]Sibling
+		dead [1]Dot
+	})
+	b.sibs[0] = one[0]
+	b.r.Sibs, b.r.Dead = b.sibs[:1], b.dead[:0]
+	return &b.r
+}
+
+// clone copies a register. One live sibling, the usual state of a
+// register that has been written more than once, shares the register's
+// allocation: a replica clones a field each time a batch first touches it.
+func (r *Register) clone() *Register {
+	if len(r.Sibs) != 1 {
+		return &Register{Sibs: slices.Clone(r.Sibs), Dead: slices.Clone(r.Dead)}
+	}
+	b := new(struct {
+		r   Register
+		sib [1]Sibling
+	})
+	b.sib[0] = r.Sibs[0]
+	b.r.Sibs, b.r.Dead = b.sib[:], slices.Clone(r.Dead)
+	return &b.r
+}
+
+// newORSet returns an empty set with room for its first element in the
+// same allocation: most sets are made by one change, and an allocation
+// less per new field is what applying to cold fields is short of.
+func newORSet() *ORSet {
+	b := new(struct {
+		s     ORSet
+		first [1]Element
+	})
+	b.s.Elems = b.first[:0]
+	return &b.s
+}
+
+// newCounter returns an empty counter with room for its first part in the
+// same allocation, as newORSet.
+func newCounter() *Counter {
+	b := new(struct {
+		c     Counter
+		first [1]Part
+	})
+	b.c.Parts = b.first[:0]
+	return &b.c
 }
 
 func (s *ORSet) clone() *ORSet {
