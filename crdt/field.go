@@ -310,6 +310,12 @@ func (r *Register) present() bool { return len(r.Sibs) > 0 || len(r.Dead) > 0 }
 // live write and an empty context keeps only that sibling, in the array
 // its slice already points to.
 func pack(reg Register, set *ORSet, ctr *Counter) state {
+	if len(reg.Sibs) == 0 {
+		reg.Sibs = nil // an empty slice and nil are the same state
+	}
+	if len(reg.Dead) == 0 {
+		reg.Dead = nil
+	}
 	n := 0
 	if reg.present() {
 		n++
