@@ -407,6 +407,17 @@ func (f *Field) Apply(c *Change) bool {
 	}
 	switch c.Op {
 	case OpSet, OpResolve:
+		if r, ok := f.st.(*Register); ok {
+			// The form of a field written more than once, and one it
+			// keeps (superseded dots are never forgotten): merge in place.
+			if r.apply(c) {
+				if len(r.Dead) == 0 {
+					r.Dead = nil // growReg's spare room, unused
+				}
+				changed = true
+			}
+			break
+		}
 		one, _ := f.st.(*oneSib)
 		if one != nil && one[0].Dot != c.Dot() {
 			// Any other write leaves a second sibling or a superseded
