@@ -57,6 +57,7 @@ type Bus struct {
 	log     *slog.Logger
 	subs    []*nats.Subscription
 	maxSize int
+	pipe    pipeline
 }
 
 // Start starts the embedded server (unless opts.URL is set) and connects.
@@ -192,6 +193,11 @@ func (b *Bus) Subscribe(deliver func(replica.Message)) error {
 			b.log.Warn("dropping batch whose sender does not match its subject", "subject", msg.Subject, "from", m.From)
 			return
 		}
+		if req, ok := b.pipe.next(m); ok {
+			if err := b.send(*req); err != nil {
+				b.log.Warn("send", "type", req.Type.String(), "ns", req.NS, "err", err)
+			}
+		}
 		deliver(m)
 	}
 	for _, subj := range []string{"syncd.*.changes.*", "syncd.*.hb", "syncd.*.sync." + me} {
@@ -211,6 +217,21 @@ func (b *Bus) Subscribe(deliver func(replica.Message)) error {
 // Send publishes a message on its subject, split into chunks that fit the
 // server's max payload. It implements node.Transport.
 func (b *Bus) Send(m replica.Message) error {
+	if m.Type == replica.MsgSyncReq {
+		send, also := b.pipe.forward(m)
+		if also != nil {
+			if err := b.send(*also); err != nil {
+				return err
+			}
+		}
+		if !send {
+			return nil
+		}
+	}
+	return b.send(m)
+}
+
+func (b *Bus) send(m replica.Message) error {
 	var subj string
 	switch {
 	case m.To != uuid.Nil:
