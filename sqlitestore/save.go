@@ -90,6 +90,7 @@ func (s *Store) Save(ctx context.Context, rds []*replica.Ready) (err error) {
 	if err := w.exec(qCommit); err != nil {
 		return fmt.Errorf("sqlitestore: save: commit: %w", err)
 	}
+	s.ckpt.committed()
 	return nil
 }
 

@@ -115,6 +115,8 @@ type Store struct {
 	// error from it to fail a transaction half way.
 	fail func(step string) error
 
+	ckpt *checkpointer // copies the WAL back in the background
+
 	r     *sql.DB // read pool, query_only
 	rdoc  *sql.Stmt
 	rlist *sql.Stmt
@@ -188,6 +190,7 @@ func (o *Options) pragmas() ([]string, []string, error) {
 		"synchronous(" + sync + ")",
 		fmt.Sprintf("cache_size(%d)", -cache*1024),
 		"temp_store(MEMORY)",
+		fmt.Sprintf("wal_autocheckpoint(%d)", walBackstop), // checkpoint.go
 	}
 	r := []string{
 		"busy_timeout(10000)",
@@ -218,6 +221,10 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		w.close()
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
 	}
+	if s.ckpt, err = startCheckpointer(dsn(path, wp)); err != nil {
+		w.close()
+		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
+	}
 	n := opts.ReadConns
 	if n <= 0 {
 		n = max(4, runtime.GOMAXPROCS(0))
@@ -232,6 +239,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		if s.r != nil {
 			s.r.Close()
 		}
+		s.ckpt.close()
 		w.close()
 		return nil, fmt.Errorf("sqlitestore: open read pool on %s: %w", path, err)
 	}
@@ -392,7 +400,7 @@ func (s *Store) Close() error {
 			errs = append(errs, st.Close())
 		}
 	}
-	errs = append(errs, s.r.Close())
+	errs = append(errs, s.r.Close(), s.ckpt.close())
 	_ = s.w.exec("PRAGMA optimize") // advisory: refreshes planner statistics
 	errs = append(errs, s.w.close())
 	s.w = nil
