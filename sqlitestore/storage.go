@@ -312,7 +312,8 @@ var _ replica.FieldBatcher = (*view)(nil)
 // for, so a document with many more fields than the batch touches is
 // read key by key instead.
 func (v *view) Fields(keys []crdt.FieldKey) (map[crdt.FieldKey]*crdt.Field, error) {
-	out := make(map[crdt.FieldKey]*crdt.Field, len(keys))
+	// Sized as things are found: in a catch-up most keys are not.
+	out := map[crdt.FieldKey]*crdt.Field{}
 	byKey := make(map[string]crdt.FieldKey, len(keys))
 	args := make([]any, 0, fieldsChunk)
 	v.s.mu.Lock()
@@ -346,16 +347,30 @@ func (v *view) Fields(keys []crdt.FieldKey) (map[crdt.FieldKey]*crdt.Field, erro
 		args = args[:0]
 		return err
 	}
-	lookup := func(ks string) error {
-		args = append(args, ks)
-		if len(args) == fieldsChunk {
-			return flush()
+	// A batch lists a document's changes together, so runs of keys of
+	// one document are what a range read serves; a document that comes
+	// back later in the batch starts a run of its own.
+	var run []string
+	var runDoc crdt.DocKey
+	endRun := func() error {
+		if len(run) >= docRangeMin {
+			whole, err := v.docFields(w, runDoc, len(run), found)
+			if err != nil || whole {
+				run = run[:0]
+				return err
+			}
 		}
+		for _, ks := range run {
+			args = append(args, ks)
+			if len(args) == fieldsChunk {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		run = run[:0]
 		return nil
 	}
-	// Keys grouped by document, in order of first appearance.
-	var docs []docKeys
-	docIdx := map[crdt.DocKey]int{}
 	for _, k := range keys {
 		if !keyPartOK(k.NS) || !keyPartOK(k.Coll) || !keyPartOK(k.Doc) || !keyPartOK(k.Field) {
 			continue
@@ -365,30 +380,16 @@ func (v *view) Fields(keys []crdt.FieldKey) (map[crdt.FieldKey]*crdt.Field, erro
 			continue
 		}
 		byKey[ks] = k
-		dk := k.DocKey()
-		i, ok := docIdx[dk]
-		if !ok {
-			i = len(docs)
-			docIdx[dk] = i
-			docs = append(docs, docKeys{doc: dk})
+		if dk := k.DocKey(); len(run) == 0 || dk != runDoc {
+			if err := endRun(); err != nil {
+				return nil, fmt.Errorf("sqlitestore: read fields: %w", err)
+			}
+			runDoc = dk
 		}
-		docs[i].keys = append(docs[i].keys, ks)
+		run = append(run, ks)
 	}
-	for _, d := range docs {
-		if len(d.keys) >= docRangeMin {
-			whole, err := v.docFields(w, d, found)
-			if err != nil {
-				return nil, fmt.Errorf("sqlitestore: read fields: %w", err)
-			}
-			if whole {
-				continue
-			}
-		}
-		for _, ks := range d.keys {
-			if err := lookup(ks); err != nil {
-				return nil, fmt.Errorf("sqlitestore: read fields: %w", err)
-			}
-		}
+	if err := endRun(); err != nil {
+		return nil, fmt.Errorf("sqlitestore: read fields: %w", err)
 	}
 	if err := flush(); err != nil {
 		return nil, fmt.Errorf("sqlitestore: read fields: %w", err)
@@ -400,22 +401,17 @@ func (v *view) Fields(keys []crdt.FieldKey) (map[crdt.FieldKey]*crdt.Field, erro
 // Fields to read the document's key range rather than each key.
 const docRangeMin = 8
 
-type docKeys struct {
-	doc  crdt.DocKey
-	keys []string
-}
-
 const qDocFieldsRange = `SELECT k, state FROM fields WHERE k >= ? AND k < ? ORDER BY k LIMIT ?`
 
-// docFields reads the fields of d's document in one range, handing each
+// docFields reads the fields of a document in one range, handing each
 // row to found; whole is false, and nothing is handed over, if the
-// document has more than a few times as many fields as d asks for.
-func (v *view) docFields(w *wconn, d docKeys, found func([]driverValue) error) (whole bool, err error) {
-	lo, hi, ok := docRange(d.doc)
+// document has more than a few times as many fields as the asked ones.
+func (v *view) docFields(w *wconn, doc crdt.DocKey, asked int, found func([]driverValue) error) (whole bool, err error) {
+	lo, hi, ok := docRange(doc)
 	if !ok {
 		return true, nil
 	}
-	limit := 4 * len(d.keys)
+	limit := 4 * asked
 	var rows [][]driverValue
 	err = w.query(qDocFieldsRange, func(row []driverValue) error {
 		rows = append(rows, []driverValue{row[0], row[1]})
