@@ -15,6 +15,9 @@
 //
 // Core NATS is at-most-once: nothing here retries. Correctness comes from
 // anti-entropy in the replica (heartbeats expose gaps, sync fills them).
+// The bus only overlaps a catch-up: it asks for the next sync page as soon
+// as one arrives, a few pages ahead of what the replica has stored
+// (pipeline.go).
 package natsbus
 
 import (

@@ -8,7 +8,9 @@
 // a crash leaves either all of a round or none of it. Replicas read the
 // few fields a step touches through Storage(ns); HTTP reads (GetDoc,
 // ListDocs, ConflictDocs) go through a separate pool of read-only
-// connections, so in WAL mode they never wait behind the writer. One Store
+// connections, so in WAL mode they never wait behind the writer. The WAL
+// is checkpointed by a goroutine of the store's own, not inside a commit
+// (checkpoint.go). One Store
 // per database file: it caches what it wrote.
 //
 // Layout (schema version 1, PRAGMA user_version; keys.go and state.go say
