@@ -90,6 +90,12 @@ func (s *Store) Save(ctx context.Context, rds []*replica.Ready) (err error) {
 	if err := w.exec(qCommit); err != nil {
 		return fmt.Errorf("sqlitestore: save: commit: %w", err)
 	}
+	for _, rd := range rds {
+		if persists(rd) {
+			s.ckpt.committed()
+			break
+		}
+	}
 	return nil
 }
 
@@ -100,8 +106,14 @@ func (s *Store) step(name string) error {
 	return nil
 }
 
+// persists reports whether a Ready has anything to write (a Ready may
+// carry only messages, a heartbeat).
+func persists(rd *replica.Ready) bool {
+	return rd.State != nil || len(rd.Log) > 0 || len(rd.Fields) > 0 || len(rd.Outbox) > 0 || len(rd.OutboxDone) > 0
+}
+
 func (s *Store) saveReady(w *wconn, rd *replica.Ready) error {
-	if rd.State == nil && len(rd.Log) == 0 && len(rd.Fields) == 0 && len(rd.Outbox) == 0 && len(rd.OutboxDone) == 0 {
+	if !persists(rd) {
 		return nil
 	}
 	if err := crdt.ValidateName(rd.NS); err != nil {

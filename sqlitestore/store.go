@@ -8,7 +8,9 @@
 // a crash leaves either all of a round or none of it. Replicas read the
 // few fields a step touches through Storage(ns); HTTP reads (GetDoc,
 // ListDocs, ConflictDocs) go through a separate pool of read-only
-// connections, so in WAL mode they never wait behind the writer. One Store
+// connections, so in WAL mode they never wait behind the writer. The WAL
+// is checkpointed by a goroutine of the store's own, not inside a commit
+// (checkpoint.go). One Store
 // per database file: it caches what it wrote.
 //
 // Layout (schema version 1, PRAGMA user_version; keys.go and state.go say
@@ -115,6 +117,8 @@ type Store struct {
 	// error from it to fail a transaction half way.
 	fail func(step string) error
 
+	ckpt *checkpointer // copies the WAL back in the background
+
 	r     *sql.DB // read pool, query_only
 	rdoc  *sql.Stmt
 	rlist *sql.Stmt
@@ -188,6 +192,7 @@ func (o *Options) pragmas() ([]string, []string, error) {
 		"synchronous(" + sync + ")",
 		fmt.Sprintf("cache_size(%d)", -cache*1024),
 		"temp_store(MEMORY)",
+		fmt.Sprintf("wal_autocheckpoint(%d)", walBackstop), // checkpoint.go
 	}
 	r := []string{
 		"busy_timeout(10000)",
@@ -218,6 +223,10 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		w.close()
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
 	}
+	if s.ckpt, err = startCheckpointer(dsn(path, wp)); err != nil {
+		w.close()
+		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
+	}
 	n := opts.ReadConns
 	if n <= 0 {
 		n = max(4, runtime.GOMAXPROCS(0))
@@ -232,6 +241,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		if s.r != nil {
 			s.r.Close()
 		}
+		s.ckpt.close()
 		w.close()
 		return nil, fmt.Errorf("sqlitestore: open read pool on %s: %w", path, err)
 	}
@@ -392,7 +402,7 @@ func (s *Store) Close() error {
 			errs = append(errs, st.Close())
 		}
 	}
-	errs = append(errs, s.r.Close())
+	errs = append(errs, s.r.Close(), s.ckpt.close())
 	_ = s.w.exec("PRAGMA optimize") // advisory: refreshes planner statistics
 	errs = append(errs, s.w.close())
 	s.w = nil
