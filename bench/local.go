@@ -15,10 +15,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -107,6 +109,7 @@ func Local(ctx context.Context, o LocalOptions) (*Report, error) {
 			return nil, err
 		}
 		rep.add("http_noop_per_s_c64", "do-nothing Go HTTP handler, same load generator", noop.rate, "req/s")
+		rep.add("http_noop_cpu_us_c64", "CPU per no-op request, server and load generator", noop.cpuUS, "µs")
 		say("HTTP: %d concurrent writers to a region...", o.Conns)
 		w, g, err := httpRegion(ctx, o, "normal", filepath.Join(o.Dir, "http-normal"), true)
 		if err != nil {
@@ -114,6 +117,9 @@ func Local(ctx context.Context, o LocalOptions) (*Report, error) {
 		}
 		rep.vs("http_write_per_s_c64", "HTTP writes, 64 writers, group commit", w.rate, "write/s", "raw_sqlite_txn_per_s", ">= 1.5x raw, >= 0.4x noop")
 		rep.vs("http_write_per_s_c64_vs_noop", "the same, against the no-op handler", w.rate, "write/s", "http_noop_per_s_c64", ">= 0.4x")
+		rep.vs("http_write_cpu_us_c64", "CPU per HTTP write, server and load generator", w.cpuUS, "µs", "http_noop_cpu_us_c64", "")
+		rep.add("http_write_commit_batch_c64", "changes per transaction (mean of syncd_commit_changes)", w.batch, "change")
+		rep.add("http_write_save_us_c64", "time in Save per change (syncd_commit_seconds)", w.saveUS, "µs")
 		rep.add("http_write_p50_ms_c64", "HTTP write latency p50", w.p50, "ms")
 		rep.add("http_write_p99_ms_c64", "HTTP write latency p99", w.p99, "ms")
 		rep.add("http_get_p50_ms", "HTTP point read latency p50 (16 readers)", g.p50, "ms")
@@ -126,6 +132,7 @@ func Local(ctx context.Context, o LocalOptions) (*Report, error) {
 			}
 			rep.vs("http_write_per_s_c64_full", "HTTP writes, 64 writers, synchronous=FULL", wf.rate, "write/s", "raw_sqlite_txn_full_per_s", ">= 5x")
 			rep.add("http_write_p99_ms_c64_full", "HTTP write latency p99, FULL", wf.p99, "ms")
+			rep.add("http_write_commit_batch_c64_full", "changes per transaction, FULL", wf.batch, "change")
 		}
 	}
 	if !o.SkipApply {
@@ -310,6 +317,22 @@ func applyBatches(ctx context.Context, dir string, n int) (float64, error) {
 type loadResult struct {
 	rate     float64
 	p50, p99 float64
+	// cpuUS is this process's CPU time (user + system) per request: the
+	// server and the load generator together. Unlike the rate it does not
+	// move with what the machine's other tenants take.
+	cpuUS float64
+	// Regions: mean changes per commit (group commit), and the time
+	// saving took per change.
+	batch, saveUS float64
+}
+
+// processCPU returns the CPU time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // load runs conns workers calling do until d passes.
@@ -319,7 +342,7 @@ func load(ctx context.Context, conns int, d time.Duration, do func(worker, i int
 	lats := make([]latencies, conns)
 	errs := make(chan error, conns)
 	deadline := time.Now().Add(d)
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	for w := 0; w < conns; w++ {
 		wg.Add(1)
 		go func(w int) {
@@ -336,7 +359,7 @@ func load(ctx context.Context, conns int, d time.Duration, do func(worker, i int
 		}(w)
 	}
 	wg.Wait()
-	el := time.Since(start)
+	el, cpu := time.Since(start), processCPU()-cpu0
 	select {
 	case err := <-errs:
 		return loadResult{}, err
@@ -346,7 +369,9 @@ func load(ctx context.Context, conns int, d time.Duration, do func(worker, i int
 	for _, l := range lats {
 		all = append(all, l...)
 	}
-	return loadResult{rate: float64(count.Load()) / el.Seconds(), p50: all.pct(50), p99: all.pct(99)}, nil
+	n := float64(max(count.Load(), 1))
+	return loadResult{rate: float64(count.Load()) / el.Seconds(), p50: all.pct(50), p99: all.pct(99),
+		cpuUS: float64(cpu.Microseconds()) / n}, nil
 }
 
 func httpClient(conns int) *http.Client {
@@ -398,6 +423,10 @@ func httpNoop(ctx context.Context, o LocalOptions) (loadResult, error) {
 func httpRegion(ctx context.Context, o LocalOptions, durability, dir string, reads bool) (loadResult, loadResult, error) {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The region's goroutines inherit the label: `go tool pprof -tagfocus
+	// phase=http-normal` shows the server's side of this phase alone.
+	defer pprof.SetGoroutineLabels(ctx)
+	pprof.SetGoroutineLabels(pprof.WithLabels(ctx, pprof.Labels("phase", "http-"+durability)))
 	reg, err := daemon.Start(rctx, daemon.Config{Node: "bench", DataDir: dir, HTTPAddr: "127.0.0.1:0", Durability: durability,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -414,6 +443,10 @@ func httpRegion(ctx context.Context, o LocalOptions, durability, dir string, rea
 		}
 		return err
 	})
+	if err != nil {
+		return wr, loadResult{}, err
+	}
+	wr.batch, wr.saveUS, err = commitStats(reg)
 	if err != nil || !reads {
 		return wr, loadResult{}, err
 	}
@@ -426,6 +459,33 @@ func httpRegion(ctx context.Context, o LocalOptions, durability, dir string, rea
 		return doReq(c, "GET", fmt.Sprintf("%s/v1/docs/bench/c/w%d-%d", base, w, rand.Int64N(n)), nil, 200)
 	})
 	return wr, rd, err
+}
+
+// commitStats reads the region's commit histograms: changes saved per
+// transaction (whether group commit batched) and the time spent saving
+// per change, in µs.
+func commitStats(reg *daemon.Region) (batch, usPerChange float64, err error) {
+	mfs, err := reg.Registry().Gather()
+	if err != nil {
+		return 0, 0, fmt.Errorf("read metrics: %w", err)
+	}
+	var changes, commits, secs float64
+	for _, mf := range mfs {
+		if len(mf.GetMetric()) != 1 {
+			continue
+		}
+		h := mf.GetMetric()[0].GetHistogram()
+		switch mf.GetName() {
+		case "syncd_commit_changes":
+			changes, commits = h.GetSampleSum(), float64(h.GetSampleCount())
+		case "syncd_commit_seconds":
+			secs = h.GetSampleSum()
+		}
+	}
+	if commits == 0 || changes == 0 {
+		return 0, 0, fmt.Errorf("no commits in syncd_commit_changes")
+	}
+	return changes / commits, secs * 1e6 / changes, nil
 }
 
 var servingRE = regexp.MustCompile(`region serving.* http=http://([0-9.:]+)`)

@@ -360,11 +360,8 @@ func (s *Server) commit(w http.ResponseWriter, r *http.Request, ops []resolver.O
 	for i := range ops {
 		ops[i].Coll, ops[i].Doc = k.Coll, k.Doc
 	}
+	o.Render = true
 	res, err := s.cfg.Node.Write(r.Context(), k.NS, ops, o)
-	if err != nil {
-		return err
-	}
-	v, _, err := s.view(r.Context(), k)
 	if err != nil {
 		return err
 	}
@@ -372,7 +369,7 @@ func (s *Server) commit(w http.ResponseWriter, r *http.Request, ops []resolver.O
 	if !res.Replicated {
 		status = http.StatusAccepted
 	}
-	writeJSON(w, status, WriteResponse{View: v, Token: res.Token, Replicated: res.Replicated, Regions: res.Regions})
+	writeJSON(w, status, WriteResponse{View: res.View, Token: res.Token, Replicated: res.Replicated, Regions: res.Regions})
 	return nil
 }
 

@@ -60,6 +60,7 @@ func (s *Store) Save(ctx context.Context, rds []*replica.Ready) (err error) {
 	s.inTx = true
 	defer func() {
 		s.inTx = false
+		clear(s.docs)
 		s.endTx(err == nil)
 		s.blog.reset()
 		s.bdots.reset()

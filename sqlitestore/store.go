@@ -111,6 +111,13 @@ type Store struct {
 	pendStates map[string]*nsState
 	inTx       bool
 
+	// docs holds the documents read through Storage since the last Save,
+	// by key: a node writing a document reads it whole once (to answer
+	// with it) and the fields its write touches come from the same read.
+	// Nothing but Save changes what a Storage read sees, so Save drops
+	// them. Under mu.
+	docs map[crdt.DocKey]map[string]*crdt.Field
+
 	// fail, if set, is called at points inside Save; a test returns an
 	// error from it to fail a transaction half way.
 	fail func(step string) error
@@ -212,7 +219,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
 	}
-	s := &Store{path: path, opts: opts, w: w}
+	s := &Store{path: path, opts: opts, w: w, docs: map[crdt.DocKey]map[string]*crdt.Field{}}
 	s.blog, s.bdots, s.bfields = newBatches()
 	if err := s.init(ctx); err != nil {
 		w.close()

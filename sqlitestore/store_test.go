@@ -796,3 +796,32 @@ func TestReadersSeeWholeSaves(t *testing.T) {
 		}
 	}
 }
+
+// The loop reads a document whole before writing it and its field reads
+// are answered from that read: a Save must drop it, or the next round
+// would merge into state the store no longer holds.
+func TestStorageDocReadsSeeEverySave(t *testing.T) {
+	s := openTest(t, Options{KeepLog: true})
+	st := s.Storage(confNS)
+	dk := crdt.DocKey{NS: confNS, Coll: "items", Doc: "d1"}
+	fk := crdt.FieldKey{NS: confNS, Coll: "items", Doc: "d1", Field: "f"}
+	if fs, err := st.Doc(dk); err != nil || fs != nil {
+		t.Fatalf("doc before any save: %v, %v", fs, err)
+	}
+	if f, err := st.Field(fk); err != nil || f != nil {
+		t.Fatalf("field before any save: %v, %v", f, err)
+	}
+	for i := uint64(1); i <= 2; i++ {
+		c := own(regA, i, "d1", "f", fmt.Sprint(i))
+		ups := fieldsOf(c)
+		save(t, s, &replica.Ready{NS: confNS, Log: []crdt.Change{c}, Fields: ups})
+		if f, err := st.Field(fk); err != nil || f == nil || f.Last != ups[0].State.Last {
+			t.Fatalf("field after save %d: %+v, %v", i, f, err)
+		}
+		fs, err := st.Doc(dk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustEqual(t, fmt.Sprintf("doc after save %d", i), fs, map[string]*crdt.Field{"f": ups[0].State})
+	}
+}
