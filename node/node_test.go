@@ -2,6 +2,8 @@ package node_test
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -210,5 +212,28 @@ func TestWriteRendersDocument(t *testing.T) {
 	two := append(set("x", "1"), resolver.Op{Coll: "c", Doc: "e", Field: "x", Op: crdt.OpSet, Value: []byte("1")})
 	if _, err := n.Write(ctx, "shop", two, node.WriteOptions{Render: true}); !errors.Is(err, crdt.ErrInvalid) {
 		t.Fatalf("rendered write over two documents: %v", err)
+	}
+}
+
+// Tokens are the vector's JSON as encoding/json writes it, so tokens
+// issued before and after the hand-written encoder are the same string.
+func TestEncodeTokenIsJSON(t *testing.T) {
+	for n := range 6 {
+		v := crdt.Vector{}
+		for i := range n {
+			v[uuid.New()] = uint64(i) * 1e15
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "v1." + base64.RawURLEncoding.EncodeToString(b)
+		if got := node.EncodeToken(v); got != want {
+			t.Fatalf("%d regions: token %s, encoding/json gives %s", n, got, want)
+		}
+		back, err := node.ParseToken(want)
+		if err != nil || len(back) != n {
+			t.Fatalf("parse: %v, %v", back, err)
+		}
 	}
 }

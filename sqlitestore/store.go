@@ -195,6 +195,14 @@ func (o *Options) pragmas() ([]string, []string, error) {
 		"synchronous(" + sync + ")",
 		fmt.Sprintf("cache_size(%d)", -cache*1024),
 		"temp_store(MEMORY)",
+		// A checkpoint copies every page the WAL holds into the database
+		// file and syncs both, on the writer, inside the commit that
+		// crossed the threshold. SQLite's default (1,000 pages) ran one
+		// every 50 group commits under 64 HTTP writers, each page written
+		// once: at 10,000 pages (a 40 MB WAL at most) a page the writes
+		// keep touching is copied once per ten times as many commits
+		// (syncd bench local: Save time per change 58 -> 39 µs).
+		"wal_autocheckpoint(10000)",
 	}
 	r := []string{
 		"busy_timeout(10000)",
@@ -202,6 +210,14 @@ func (o *Options) pragmas() ([]string, []string, error) {
 		"temp_store(MEMORY)",
 	}
 	return w, r, nil
+}
+
+// WriterPragmas returns the pragmas the store's writer connection runs
+// with, as `_pragma` values of a modernc.org/sqlite DSN: baselines use
+// them to measure plain SQLite under the same settings.
+func WriterPragmas(durability string) ([]string, error) {
+	w, _, err := (&Options{Durability: durability}).pragmas()
+	return w, err
 }
 
 // Open opens (creating it if need be) the store at path: WAL mode, the
