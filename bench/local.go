@@ -96,9 +96,13 @@ func Local(ctx context.Context, o LocalOptions) (*Report, error) {
 
 	if !o.SkipHTTP {
 		say("HTTP: %d concurrent writers, to a region and to a do-nothing handler in turns...", o.Conns)
+		others := othersCPU()
 		noop, w, g, err := httpPhases(ctx, o, filepath.Join(o.Dir, "http-normal"))
 		if err != nil {
 			return nil, err
+		}
+		if pct, ok := others(); ok {
+			rep.add("cpu_others_pct_http", "share of the machine's CPU other processes took during the HTTP phases", pct, "%")
 		}
 		rep.add("http_noop_per_s_c64", "do-nothing Go HTTP handler, same load generator", noop.rate, "req/s")
 		rep.add("http_noop_cpu_us_c64", "CPU per no-op request, server and load generator", noop.cpuUS, "µs")
@@ -392,6 +396,46 @@ type loadResult struct {
 	// Regions: mean changes per commit (group commit), and the time
 	// saving took per change.
 	batch, saveUS float64
+}
+
+// othersCPU starts measuring how much of the machine's CPU time (steal
+// included) went to other processes; the returned func reads the share
+// since, in percent. On a shared machine that is what the rates of a
+// phase depend on most.
+func othersCPU() func() (float64, bool) {
+	_, total0, ok0 := cpuSteal()
+	idle0, ok1 := cpuIdle()
+	own0 := processCPU()
+	return func() (float64, bool) {
+		_, total1, ok2 := cpuSteal()
+		idle1, ok3 := cpuIdle()
+		if !(ok0 && ok1 && ok2 && ok3) || total1 <= total0 {
+			return 0, false
+		}
+		const hz = 100 // USER_HZ: /proc/stat counts in 1/100 s
+		own := (processCPU() - own0).Seconds() * hz
+		busy := float64(total1-total0) - float64(idle1-idle0)
+		return max(0, 100*(busy-own)/float64(total1-total0)), true
+	}
+}
+
+// cpuIdle reads the machine's idle and iowait time (jiffies).
+func cpuIdle() (uint64, bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, false
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0, false
+	}
+	idle, err1 := strconv.ParseUint(f[4], 10, 64)
+	iow, err2 := strconv.ParseUint(f[5], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return idle + iow, true
 }
 
 // processCPU returns the CPU time this process has used.
