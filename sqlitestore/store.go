@@ -196,19 +196,6 @@ func (o *Options) pragmas() ([]string, []string, error) {
 		fmt.Sprintf("cache_size(%d)", -cache*1024),
 		"temp_store(MEMORY)",
 	}
-	if sync == "NORMAL" {
-		// A checkpoint copies every page the WAL holds into the database
-		// file and syncs both, on the writer, inside the commit that
-		// crossed the threshold. SQLite's default (1,000 pages) ran one
-		// every 50 group commits under 64 HTTP writers, each page written
-		// once: at 10,000 pages (a WAL of 40 MB at most) a page the writes
-		// keep touching is copied once per ten times as many commits
-		// (bench local, runs side by side: Save time per change 42 -> 34
-		// µs). Not with FULL: there every commit syncs the WAL anyway, and
-		// while a longer WAL grows each of those syncs also commits the
-		// file's new blocks.
-		w = append(w, "wal_autocheckpoint(10000)")
-	}
 	r := []string{
 		"busy_timeout(10000)",
 		fmt.Sprintf("cache_size(%d)", -max(cache/4, 2)*1024),
