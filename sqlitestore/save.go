@@ -54,7 +54,13 @@ func (s *Store) Save(ctx context.Context, rds []*replica.Ready) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := w.exec(qBegin); err != nil {
+	if s.rtx {
+		// The loop's reads since the last Save ran in a deferred
+		// transaction (see reading): it becomes this one at its first
+		// write. Nothing else writes this file, so its snapshot is the
+		// newest and the upgrade cannot be refused.
+		s.rtx = false
+	} else if err := w.exec(qBegin); err != nil {
 		return fmt.Errorf("sqlitestore: save: begin: %w", err)
 	}
 	s.inTx = true
@@ -91,6 +97,22 @@ func (s *Store) Save(ctx context.Context, rds []*replica.Ready) (err error) {
 	if err := w.exec(qCommit); err != nil {
 		return fmt.Errorf("sqlitestore: save: commit: %w", err)
 	}
+	return nil
+}
+
+// reading opens a deferred transaction on the writer for the loop's
+// reads, unless one is open: SQLite otherwise opens and closes a read
+// transaction around every statement, which was half the cost of the
+// point read a write does before it is saved. The next Save continues
+// it. Caller holds mu.
+func (s *Store) reading(w *wconn) error {
+	if s.rtx || s.inTx {
+		return nil
+	}
+	if err := w.exec("BEGIN"); err != nil {
+		return fmt.Errorf("begin read: %w", err)
+	}
+	s.rtx = true
 	return nil
 }
 

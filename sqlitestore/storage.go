@@ -54,6 +54,9 @@ func (v *view) Field(k crdt.FieldKey) (*crdt.Field, error) {
 	if fs, ok := v.s.docs[k.DocKey()]; ok {
 		return fs[k.Field], nil
 	}
+	if err := v.s.reading(w); err != nil {
+		return nil, fmt.Errorf("sqlitestore: read field %s: %w", k, err)
+	}
 	v.s.kbuf = fieldKey(v.s.kbuf[:0], k)
 	var f *crdt.Field
 	err = w.query(qField1, func(row []driverValue) error {
@@ -81,6 +84,9 @@ func (v *view) Doc(k crdt.DocKey) (map[string]*crdt.Field, error) {
 	}
 	if fs, ok := v.s.docs[k]; ok {
 		return fs, nil
+	}
+	if err := v.s.reading(w); err != nil {
+		return nil, fmt.Errorf("sqlitestore: read doc %s: %w", k, err)
 	}
 	var fs map[string]*crdt.Field
 	err = w.query(qDocRows, func(row []driverValue) error {

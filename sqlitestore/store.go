@@ -110,6 +110,7 @@ type Store struct {
 	states     map[string]*nsState
 	pendStates map[string]*nsState
 	inTx       bool
+	rtx        bool // a deferred transaction for Storage reads is open (save.go: reading)
 
 	// docs holds the documents read through Storage since the last Save,
 	// by key: a node writing a document reads it whole once (to answer

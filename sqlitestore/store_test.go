@@ -825,3 +825,45 @@ func TestStorageDocReadsSeeEverySave(t *testing.T) {
 		mustEqual(t, fmt.Sprintf("doc after save %d", i), fs, map[string]*crdt.Field{"f": ups[0].State})
 	}
 }
+
+// Storage reads leave a deferred transaction open that the next Save
+// continues: a Save that fails must end it, the next one must still
+// commit, what it commits must be visible to the read pool, and a store
+// closed after reads but before a Save must close cleanly.
+func TestReadsThenSave(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{KeepLog: true})
+	st := s.Storage(confNS)
+	fk := crdt.FieldKey{NS: confNS, Coll: "items", Doc: "d1", Field: "f"}
+	c := own(regA, 1, "d1", "f", `1`)
+	rd := &replica.Ready{NS: confNS, Log: []crdt.Change{c}, Fields: fieldsOf(c),
+		State: &replica.State{Vector: crdt.Vector{regA: 1}, Seq: 1, HLC: c.HLC}}
+
+	if _, err := st.Field(fk); err != nil {
+		t.Fatal(err)
+	}
+	s.fail = func(step string) error {
+		if step == "log" {
+			return errors.New("injected")
+		}
+		return nil
+	}
+	if err := s.Save(ctx, []*replica.Ready{rd}); err == nil {
+		t.Fatal("save with an injected failure succeeded")
+	}
+	s.fail = nil
+	if _, err := st.Field(fk); err != nil {
+		t.Fatal(err)
+	}
+	save(t, s, rd)
+	fs, err := s.GetDoc(ctx, crdt.DocKey{NS: confNS, Coll: "items", Doc: "d1"})
+	if err != nil || fs["f"] == nil {
+		t.Fatalf("read pool after save: %v, %v", fs, err)
+	}
+	if _, err := st.Doc(crdt.DocKey{NS: confNS, Coll: "items", Doc: "d2"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("close after reads without a save: %v", err)
+	}
+}
