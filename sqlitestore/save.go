@@ -54,12 +54,19 @@ func (s *Store) Save(ctx context.Context, rds []*replica.Ready) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := w.exec(qBegin); err != nil {
+	if s.rtx {
+		// The loop's reads since the last Save ran in a deferred
+		// transaction (see reading): it becomes this one at its first
+		// write. Nothing else writes this file, so its snapshot is the
+		// newest and the upgrade cannot be refused.
+		s.rtx = false
+	} else if err := w.exec(qBegin); err != nil {
 		return fmt.Errorf("sqlitestore: save: begin: %w", err)
 	}
 	s.inTx = true
 	defer func() {
 		s.inTx = false
+		clear(s.docs)
 		s.endTx(err == nil)
 		s.blog.reset()
 		s.bdots.reset()
@@ -96,6 +103,22 @@ func (s *Store) Save(ctx context.Context, rds []*replica.Ready) (err error) {
 			break
 		}
 	}
+	return nil
+}
+
+// reading opens a deferred transaction on the writer for the loop's
+// reads, unless one is open: SQLite otherwise opens and closes a read
+// transaction around every statement, which was half the cost of the
+// point read a write does before it is saved. The next Save continues
+// it. Caller holds mu.
+func (s *Store) reading(w *wconn) error {
+	if s.rtx || s.inTx {
+		return nil
+	}
+	if err := w.exec("BEGIN"); err != nil {
+		return fmt.Errorf("begin read: %w", err)
+	}
+	s.rtx = true
 	return nil
 }
 

@@ -51,6 +51,12 @@ func (v *view) Field(k crdt.FieldKey) (*crdt.Field, error) {
 	if err != nil {
 		return nil, err
 	}
+	if fs, ok := v.s.docs[k.DocKey()]; ok {
+		return fs[k.Field], nil
+	}
+	if err := v.s.reading(w); err != nil {
+		return nil, fmt.Errorf("sqlitestore: read field %s: %w", k, err)
+	}
 	v.s.kbuf = fieldKey(v.s.kbuf[:0], k)
 	var f *crdt.Field
 	err = w.query(qField1, func(row []driverValue) error {
@@ -76,6 +82,12 @@ func (v *view) Doc(k crdt.DocKey) (map[string]*crdt.Field, error) {
 	if err != nil {
 		return nil, err
 	}
+	if fs, ok := v.s.docs[k]; ok {
+		return fs, nil
+	}
+	if err := v.s.reading(w); err != nil {
+		return nil, fmt.Errorf("sqlitestore: read doc %s: %w", k, err)
+	}
 	var fs map[string]*crdt.Field
 	err = w.query(qDocRows, func(row []driverValue) error {
 		key, _ := row[0].(string)
@@ -85,8 +97,16 @@ func (v *view) Doc(k crdt.DocKey) (map[string]*crdt.Field, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: read doc %s: %w", k, err)
 	}
+	if len(v.s.docs) >= maxCachedDocs {
+		clear(v.s.docs)
+	}
+	v.s.docs[k] = fs
 	return fs, nil
 }
+
+// maxCachedDocs bounds the documents Storage keeps between two Saves: a
+// round of the node loop takes at most a few thousand inputs.
+const maxCachedDocs = 4096
 
 func addField(fs *map[string]*crdt.Field, name string, state []byte) error {
 	f, err := decodeField(state)

@@ -112,6 +112,14 @@ type Store struct {
 	states     map[string]*nsState
 	pendStates map[string]*nsState
 	inTx       bool
+	rtx        bool // a deferred transaction for Storage reads is open (save.go: reading)
+
+	// docs holds the documents read through Storage since the last Save,
+	// by key: a node writing a document reads it whole once (to answer
+	// with it) and the fields its write touches come from the same read.
+	// Nothing but Save changes what a Storage read sees, so Save drops
+	// them. Under mu.
+	docs map[crdt.DocKey]map[string]*crdt.Field
 
 	// fail, if set, is called at points inside Save; a test returns an
 	// error from it to fail a transaction half way.
@@ -202,6 +210,14 @@ func (o *Options) pragmas() ([]string, []string, error) {
 	return w, r, nil
 }
 
+// WriterPragmas returns the pragmas the store's writer connection runs
+// with, as `_pragma` values of a modernc.org/sqlite DSN: baselines use
+// them to measure plain SQLite under the same settings.
+func WriterPragmas(durability string) ([]string, error) {
+	w, _, err := (&Options{Durability: durability}).pragmas()
+	return w, err
+}
+
 // Open opens (creating it if need be) the store at path: WAL mode, the
 // schema migrated to this release's version, and a replica id made on
 // first open and kept for good.
@@ -217,7 +233,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
 	}
-	s := &Store{path: path, opts: opts, w: w}
+	s := &Store{path: path, opts: opts, w: w, docs: map[crdt.DocKey]map[string]*crdt.Field{}}
 	s.blog, s.bdots, s.bfields = newBatches()
 	if err := s.init(ctx); err != nil {
 		w.close()
