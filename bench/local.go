@@ -154,7 +154,7 @@ func Local(ctx context.Context, o LocalOptions) (*Report, error) {
 }
 
 // openRaw opens a plain SQLite database with the store's writer pragmas
-// (WAL, synchronous, cache, checkpoint threshold).
+// (WAL, synchronous, cache; SQLite's own checkpoint threshold).
 func openRaw(path, sync string) (*sql.DB, error) {
 	ps, err := sqlitestore.WriterPragmas(sync)
 	if err != nil {

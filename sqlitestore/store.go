@@ -47,6 +47,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
@@ -212,10 +213,17 @@ func (o *Options) pragmas() ([]string, []string, error) {
 
 // WriterPragmas returns the pragmas the store's writer connection runs
 // with, as `_pragma` values of a modernc.org/sqlite DSN: baselines use
-// them to measure plain SQLite under the same settings.
+// them to measure plain SQLite under the same settings. All but the
+// raised checkpoint threshold: that is a backstop behind the store's
+// background checkpointer (checkpoint.go), and plain SQLite without one
+// checkpoints at its own default; with the backstop alone its WAL would
+// grow to 40 MB and slow it, flattering every ratio against it.
 func WriterPragmas(durability string) ([]string, error) {
 	w, _, err := (&Options{Durability: durability}).pragmas()
-	return w, err
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(w, func(p string) bool { return strings.HasPrefix(p, "wal_autocheckpoint(") }), nil
 }
 
 // Open opens (creating it if need be) the store at path: WAL mode, the
