@@ -11,14 +11,17 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -42,6 +45,7 @@ type LocalOptions struct {
 	Exe       string        // the syncd binary for the RSS figure (default this executable)
 	Progress  io.Writer     // progress lines (nil: none)
 	Conns     int           // concurrent HTTP writers (default 64)
+	Rounds    int           // turns the writes and the no-op baseline take (default 6)
 	SkipFull  bool
 	SkipHTTP  bool
 	SkipApply bool
@@ -59,6 +63,9 @@ func (o *LocalOptions) defaults() {
 	}
 	if o.Conns <= 0 {
 		o.Conns = 64
+	}
+	if o.Rounds <= 0 {
+		o.Rounds = 6
 	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
@@ -79,53 +86,46 @@ func Local(ctx context.Context, o LocalOptions) (*Report, error) {
 	rep := &Report{Name: "local"}
 	say := func(f string, a ...any) { fmt.Fprintf(o.Progress, f+"\n", a...) }
 
-	say("raw one-row SQLite transactions (synchronous=NORMAL)...")
-	raw, err := rawTxns(filepath.Join(o.Dir, "raw.db"), "NORMAL", o.Writes)
-	if err != nil {
-		return nil, err
-	}
-	say("store writes through the replica and sqlitestore...")
-	store, err := storeWrites(ctx, filepath.Join(o.Dir, "store"), "normal", o.Writes)
+	say("store writes through the replica and sqlitestore, and raw one-row SQLite transactions, in turns...")
+	store, raw, err := storeVsRaw(ctx, o)
 	if err != nil {
 		return nil, err
 	}
 	rep.add("raw_sqlite_txn_per_s", "raw one-row transactions, synchronous=NORMAL", raw, "txn/s")
 	rep.vs("store_write_per_s", "durable single-writer writes through the store", store, "write/s", "raw_sqlite_txn_per_s", ">= 0.5x")
 
-	if !o.SkipFull {
-		say("raw one-row SQLite transactions (synchronous=FULL)...")
-		rawFull, err := rawTxns(filepath.Join(o.Dir, "rawfull.db"), "FULL", max(o.Writes/5, 1000))
+	if !o.SkipHTTP {
+		say("HTTP: %d concurrent writers, to a region and to a do-nothing handler in turns...", o.Conns)
+		others := othersCPU()
+		noop, w, g, err := httpPhases(ctx, o, filepath.Join(o.Dir, "http-normal"))
 		if err != nil {
 			return nil, err
 		}
-		rep.add("raw_sqlite_txn_full_per_s", "raw one-row transactions, synchronous=FULL", rawFull, "txn/s")
-	}
-	if !o.SkipHTTP {
-		say("HTTP: a do-nothing handler under %d connections...", o.Conns)
-		noop, err := httpNoop(ctx, o)
-		if err != nil {
-			return nil, err
+		if pct, ok := others(); ok {
+			rep.add("cpu_others_pct_http", "share of the machine's CPU other processes took during the HTTP phases", pct, "%")
 		}
 		rep.add("http_noop_per_s_c64", "do-nothing Go HTTP handler, same load generator", noop.rate, "req/s")
-		say("HTTP: %d concurrent writers to a region...", o.Conns)
-		w, g, err := httpRegion(ctx, o, "normal", filepath.Join(o.Dir, "http-normal"), true)
-		if err != nil {
-			return nil, err
-		}
+		rep.add("http_noop_cpu_us_c64", "CPU per no-op request, server and load generator", noop.cpuUS, "µs")
 		rep.vs("http_write_per_s_c64", "HTTP writes, 64 writers, group commit", w.rate, "write/s", "raw_sqlite_txn_per_s", ">= 1.5x raw, >= 0.4x noop")
 		rep.vs("http_write_per_s_c64_vs_noop", "the same, against the no-op handler", w.rate, "write/s", "http_noop_per_s_c64", ">= 0.4x")
+		rep.vs("http_write_cpu_us_c64", "CPU per HTTP write, server and load generator", w.cpuUS, "µs", "http_noop_cpu_us_c64", "")
+		rep.add("http_write_commit_batch_c64", "changes per transaction (mean of syncd_commit_changes)", w.batch, "change")
+		rep.add("http_write_save_us_c64", "time in Save per change (syncd_commit_seconds)", w.saveUS, "µs")
 		rep.add("http_write_p50_ms_c64", "HTTP write latency p50", w.p50, "ms")
 		rep.add("http_write_p99_ms_c64", "HTTP write latency p99", w.p99, "ms")
 		rep.add("http_get_p50_ms", "HTTP point read latency p50 (16 readers)", g.p50, "ms")
 		rep.add("http_get_p99_ms", "HTTP point read latency p99 (16 readers)", g.p99, "ms")
 		if !o.SkipFull {
-			say("HTTP: %d concurrent writers, --durability full...", o.Conns)
-			wf, _, err := httpRegion(ctx, o, "full", filepath.Join(o.Dir, "http-full"), false)
+			say("HTTP: %d concurrent writers, --durability full, and raw FULL transactions, in turns...", o.Conns)
+			wf, rawFull, err := httpFull(ctx, o, filepath.Join(o.Dir, "http-full"))
 			if err != nil {
 				return nil, err
 			}
+			rep.add("raw_sqlite_txn_full_per_s", "raw one-row transactions, synchronous=FULL", rawFull, "txn/s")
 			rep.vs("http_write_per_s_c64_full", "HTTP writes, 64 writers, synchronous=FULL", wf.rate, "write/s", "raw_sqlite_txn_full_per_s", ">= 5x")
 			rep.add("http_write_p99_ms_c64_full", "HTTP write latency p99, FULL", wf.p99, "ms")
+			rep.add("http_write_commit_batch_c64_full", "changes per transaction, FULL", wf.batch, "change")
+			rep.add("http_write_save_us_c64_full", "time in Save per change, FULL", wf.saveUS, "µs")
 		}
 	}
 	if !o.SkipApply {
@@ -153,9 +153,18 @@ func Local(ctx context.Context, o LocalOptions) (*Report, error) {
 	return rep, nil
 }
 
+// openRaw opens a plain SQLite database with the store's writer pragmas
+// (WAL, synchronous, cache; SQLite's own checkpoint threshold).
 func openRaw(path, sync string) (*sql.DB, error) {
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(" + sync + ")&_pragma=busy_timeout(5000)"
-	db, err := sql.Open("sqlite", dsn)
+	ps, err := sqlitestore.WriterPragmas(sync)
+	if err != nil {
+		return nil, err
+	}
+	q := make([]string, len(ps))
+	for i, p := range ps {
+		q[i] = "_pragma=" + url.QueryEscape(p)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?"+strings.Join(q, "&"))
 	if err != nil {
 		return nil, err
 	}
@@ -167,35 +176,75 @@ func openRaw(path, sync string) (*sql.DB, error) {
 	return db, nil
 }
 
-// rawTxns is the baseline: n one-row transactions, a prepared upsert.
-func rawTxns(path, sync string, n int) (float64, error) {
+// counted adds up the time of a repeated step across turns.
+type counted struct {
+	n  int
+	el time.Duration
+}
+
+// run does k steps.
+func (c *counted) run(k int, step func(i int) error) error {
+	start := time.Now()
+	defer func() { c.el += time.Since(start) }()
+	for range k {
+		if err := step(c.n); err != nil {
+			return err
+		}
+		c.n++
+	}
+	return nil
+}
+
+// runFor does steps until d has passed.
+func (c *counted) runFor(d time.Duration, step func(i int) error) error {
+	start := time.Now()
+	defer func() { c.el += time.Since(start) }()
+	for time.Since(start) < d {
+		if err := step(c.n); err != nil {
+			return err
+		}
+		c.n++
+	}
+	return nil
+}
+
+func (c *counted) rate() float64 { return float64(c.n) / c.el.Seconds() }
+
+// rawTxns is the baseline: one-row transactions, a prepared upsert, on a
+// plain SQLite database with the store's pragmas.
+type rawTxns struct {
+	db   *sql.DB
+	stmt *sql.Stmt
+	val  []byte
+	counted
+}
+
+func openRawTxns(path, sync string) (*rawTxns, error) {
 	db, err := openRaw(path, sync)
 	if err != nil {
-		return 0, fmt.Errorf("raw sqlite: %w", err)
+		return nil, fmt.Errorf("raw sqlite: %w", err)
 	}
-	defer db.Close()
 	stmt, err := db.Prepare(`INSERT INTO t (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v`)
 	if err != nil {
-		return 0, err
+		db.Close()
+		return nil, err
 	}
-	defer stmt.Close()
-	val := bytes.Repeat([]byte("x"), 64)
-	start := time.Now()
-	for i := 0; i < n; i++ {
-		tx, err := db.Begin()
-		if err != nil {
-			return 0, err
-		}
-		if _, err := tx.Stmt(stmt).Exec("k"+strconv.Itoa(i), val); err != nil {
-			tx.Rollback()
-			return 0, err
-		}
-		if err := tx.Commit(); err != nil {
-			return 0, err
-		}
-	}
-	return float64(n) / time.Since(start).Seconds(), nil
+	return &rawTxns{db: db, stmt: stmt, val: bytes.Repeat([]byte("x"), 64)}, nil
 }
+
+func (r *rawTxns) step(i int) error {
+	tx, err := r.db.Begin()
+	if err != nil {
+		return err
+	}
+	if _, err := tx.Stmt(r.stmt).Exec("k"+strconv.Itoa(i), r.val); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+func (r *rawTxns) close() { r.stmt.Close(); r.db.Close() }
 
 // rawBatches is the baseline for applying batches: n transactions of 1,000
 // upserts each.
@@ -237,28 +286,58 @@ func wallClock() *hlc.Clock {
 
 // storeWrites: one local write per Ready, one Save per write: the whole
 // durable path of a write without HTTP and without group commit.
-func storeWrites(ctx context.Context, dir, durability string, n int) (float64, error) {
-	os.MkdirAll(dir, 0o755)
+type storeWrites struct {
+	ctx context.Context
+	st  *sqlitestore.Store
+	r   *replica.Replica
+	counted
+}
+
+func openStoreWrites(ctx context.Context, dir, durability string) (*storeWrites, error) {
 	st, err := sqlitestore.Open(ctx, filepath.Join(dir, "syncd.db"), sqlitestore.Options{Durability: durability, KeepLog: true})
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	defer st.Close()
 	r := replica.New(replica.Config{ID: st.ReplicaID(), NS: "bench", Role: replica.RoleRegion, Clock: wallClock(),
 		Storage: st.Storage("bench"), State: replica.State{Vector: crdt.Vector{}}})
-	start := time.Now()
-	for i := 0; i < n; i++ {
-		op := []resolver.Op{{Coll: "c", Doc: "d" + strconv.Itoa(i), Field: "v", Op: crdt.OpSet, Value: []byte(strconv.Itoa(i))}}
-		if _, err := r.Write(op); err != nil {
-			return 0, err
-		}
-		rd := r.Ready()
-		if err := st.Save(ctx, []*replica.Ready{&rd}); err != nil {
-			return 0, err
-		}
-		r.Advance()
+	return &storeWrites{ctx: ctx, st: st, r: r}, nil
+}
+
+func (w *storeWrites) step(i int) error {
+	op := []resolver.Op{{Coll: "c", Doc: "d" + strconv.Itoa(i), Field: "v", Op: crdt.OpSet, Value: []byte(strconv.Itoa(i))}}
+	if _, err := w.r.Write(op); err != nil {
+		return err
 	}
-	return float64(n) / time.Since(start).Seconds(), nil
+	rd := w.r.Ready()
+	if err := w.st.Save(w.ctx, []*replica.Ready{&rd}); err != nil {
+		return err
+	}
+	w.r.Advance()
+	return nil
+}
+
+// storeVsRaw runs n store writes and n raw transactions taking turns.
+func storeVsRaw(ctx context.Context, o LocalOptions) (store, raw float64, err error) {
+	rt, err := openRawTxns(filepath.Join(o.Dir, "raw.db"), "NORMAL")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer rt.close()
+	sw, err := openStoreWrites(ctx, filepath.Join(o.Dir, "store"), "normal")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer sw.st.Close()
+	per := max(o.Writes/o.Rounds, 1)
+	for range o.Rounds {
+		if err := rt.run(per, rt.step); err != nil {
+			return 0, 0, fmt.Errorf("raw sqlite: %w", err)
+		}
+		if err := sw.run(per, sw.step); err != nil {
+			return 0, 0, fmt.Errorf("store writes: %w", err)
+		}
+	}
+	return sw.rate(), rt.rate(), nil
 }
 
 // remoteBatch makes batch b of 1,000 lww changes from region `from` to
@@ -310,23 +389,93 @@ func applyBatches(ctx context.Context, dir string, n int) (float64, error) {
 type loadResult struct {
 	rate     float64
 	p50, p99 float64
+	// cpuUS is this process's CPU time (user + system) per request: the
+	// server and the load generator together. Unlike the rate it does not
+	// move with what the machine's other tenants take.
+	cpuUS float64
+	// Regions: mean changes per commit (group commit), and the time
+	// saving took per change.
+	batch, saveUS float64
 }
 
-// load runs conns workers calling do until d passes.
-func load(ctx context.Context, conns int, d time.Duration, do func(worker, i int) error) (loadResult, error) {
+// othersCPU starts measuring how much of the machine's CPU time (steal
+// included) went to other processes; the returned func reads the share
+// since, in percent. On a shared machine that is what the rates of a
+// phase depend on most.
+func othersCPU() func() (float64, bool) {
+	_, total0, ok0 := cpuSteal()
+	idle0, ok1 := cpuIdle()
+	own0 := processCPU()
+	return func() (float64, bool) {
+		_, total1, ok2 := cpuSteal()
+		idle1, ok3 := cpuIdle()
+		if !(ok0 && ok1 && ok2 && ok3) || total1 <= total0 {
+			return 0, false
+		}
+		const hz = 100 // USER_HZ: /proc/stat counts in 1/100 s
+		own := (processCPU() - own0).Seconds() * hz
+		busy := float64(total1-total0) - float64(idle1-idle0)
+		return max(0, 100*(busy-own)/float64(total1-total0)), true
+	}
+}
+
+// cpuIdle reads the machine's idle and iowait time (jiffies).
+func cpuIdle() (uint64, bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, false
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0, false
+	}
+	idle, err1 := strconv.ParseUint(f[4], 10, 64)
+	iow, err2 := strconv.ParseUint(f[5], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return idle + iow, true
+}
+
+// processCPU returns the CPU time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// loadStats adds up the slices of one load phase.
+type loadStats struct {
+	count   int64
+	elapsed time.Duration
+	cpu     time.Duration
+	lats    latencies
+}
+
+func (s *loadStats) result() loadResult {
+	n := float64(max(s.count, 1))
+	return loadResult{rate: float64(s.count) / s.elapsed.Seconds(), p50: s.lats.pct(50), p99: s.lats.pct(99),
+		cpuUS: float64(s.cpu.Microseconds()) / n}
+}
+
+// load runs conns workers calling do until d passes, adding to st.
+func load(ctx context.Context, st *loadStats, conns int, d time.Duration, do func(worker int) error) error {
 	var wg sync.WaitGroup
 	var count atomic.Int64
 	lats := make([]latencies, conns)
 	errs := make(chan error, conns)
 	deadline := time.Now().Add(d)
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	for w := 0; w < conns; w++ {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
+			for time.Now().Before(deadline) && ctx.Err() == nil {
 				t0 := time.Now()
-				if err := do(w, i); err != nil {
+				if err := do(w); err != nil {
 					errs <- err
 					return
 				}
@@ -336,17 +485,33 @@ func load(ctx context.Context, conns int, d time.Duration, do func(worker, i int
 		}(w)
 	}
 	wg.Wait()
-	el := time.Since(start)
+	st.elapsed += time.Since(start)
+	st.cpu += processCPU() - cpu0
 	select {
 	case err := <-errs:
-		return loadResult{}, err
+		return err
 	default:
 	}
-	var all latencies
+	st.count += count.Load()
 	for _, l := range lats {
-		all = append(all, l...)
+		st.lats = append(st.lats, l...)
 	}
-	return loadResult{rate: float64(count.Load()) / el.Seconds(), p50: all.pct(50), p99: all.pct(99)}, nil
+	return nil
+}
+
+// interleave runs each of the loads for d in all, in rounds of d/rounds
+// each, taking turns: on a machine shared with other tenants, a load and
+// its baseline then see the same conditions, where one after the other
+// they could differ by more than what is measured.
+func interleave(ctx context.Context, rounds int, d time.Duration, loads ...func(d time.Duration) error) error {
+	for range rounds {
+		for _, l := range loads {
+			if err := l(d / time.Duration(rounds)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func httpClient(conns int) *http.Client {
@@ -372,12 +537,12 @@ func doReq(c *http.Client, method, url string, body []byte, want int) error {
 	return nil
 }
 
-// httpNoop measures the HTTP floor: a handler that reads the body and
-// answers a small JSON object, under the same load generator.
-func httpNoop(ctx context.Context, o LocalOptions) (loadResult, error) {
+// noopServer is the HTTP floor: a handler that reads the body and
+// answers a small JSON object. It returns its base URL and a stop func.
+func noopServer() (string, func(), error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return loadResult{}, err
+		return "", nil, err
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
@@ -385,47 +550,139 @@ func httpNoop(ctx context.Context, o LocalOptions) (loadResult, error) {
 		w.Write([]byte(`{"id":"d","fields":{"v":1}}`))
 	})}
 	go srv.Serve(ln)
-	defer srv.Close()
-	c := httpClient(o.Conns)
-	base := "http://" + ln.Addr().String()
-	return load(ctx, o.Conns, o.Duration, func(w, i int) error {
-		return doReq(c, "PATCH", fmt.Sprintf("%s/v1/docs/bench/c/w%d-%d", base, w, i), []byte(`{"v":1}`), 200)
-	})
+	return "http://" + ln.Addr().String(), func() { srv.Close() }, nil
 }
 
-// httpRegion runs a region in this process and loads it with concurrent
-// writers, then (if reads) point reads of what they wrote.
-func httpRegion(ctx context.Context, o LocalOptions, durability, dir string, reads bool) (loadResult, loadResult, error) {
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	reg, err := daemon.Start(rctx, daemon.Config{Node: "bench", DataDir: dir, HTTPAddr: "127.0.0.1:0", Durability: durability,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		return loadResult{}, loadResult{}, err
-	}
-	defer func() { cancel(); reg.Wait() }()
-	c := httpClient(o.Conns)
-	base := "http://" + reg.Addr
-	written := make([]atomic.Int64, o.Conns) // per writer: documents acknowledged
-	wr, err := load(ctx, o.Conns, o.Duration, func(w, i int) error {
-		err := doReq(c, "PATCH", fmt.Sprintf("%s/v1/docs/bench/c/w%d-%d", base, w, i), []byte(`{"v":1}`), 200)
+// writers loads base with o.Conns concurrent writers, each PATCHing
+// documents of its own, one new document per request; written counts, per
+// writer, the documents acknowledged.
+type writers struct {
+	c       *http.Client
+	base    string
+	written []atomic.Int64
+	st      loadStats
+	conns   int
+}
+
+func newWriters(base string, conns int) *writers {
+	return &writers{c: httpClient(conns), base: base, written: make([]atomic.Int64, conns), conns: conns}
+}
+
+func (w *writers) run(ctx context.Context, d time.Duration) error {
+	return load(ctx, &w.st, w.conns, d, func(k int) error {
+		i := w.written[k].Load()
+		err := doReq(w.c, "PATCH", fmt.Sprintf("%s/v1/docs/bench/c/w%d-%d", w.base, k, i), []byte(`{"v":1}`), 200)
 		if err == nil {
-			written[w].Store(int64(i + 1))
+			w.written[k].Store(i + 1)
 		}
 		return err
 	})
-	if err != nil || !reads {
-		return wr, loadResult{}, err
+}
+
+// startRegion runs a region in this process. Its goroutines carry the
+// pprof label phase=http-<durability>, so `go tool pprof -tagfocus
+// phase=http-normal` shows the server's side of that phase alone.
+func startRegion(ctx context.Context, durability, dir string) (*daemon.Region, func(), error) {
+	rctx, cancel := context.WithCancel(ctx)
+	defer pprof.SetGoroutineLabels(ctx)
+	pprof.SetGoroutineLabels(pprof.WithLabels(rctx, pprof.Labels("phase", "http-"+durability)))
+	reg, err := daemon.Start(rctx, daemon.Config{Node: "bench", DataDir: dir, HTTPAddr: "127.0.0.1:0", Durability: durability,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		cancel()
+		return nil, nil, err
 	}
-	rd, err := load(ctx, 16, o.Duration, func(_, _ int) error {
-		w := rand.IntN(o.Conns)
-		n := written[w].Load()
+	return reg, func() { cancel(); reg.Wait() }, nil
+}
+
+// httpPhases measures the region's writes under o.Conns writers taking
+// turns with the same writers against the no-op handler, then point reads
+// of what was written.
+func httpPhases(ctx context.Context, o LocalOptions, dir string) (noop, wr, rd loadResult, err error) {
+	nbase, nstop, err := noopServer()
+	if err != nil {
+		return
+	}
+	defer nstop()
+	reg, stop, err := startRegion(ctx, "normal", dir)
+	if err != nil {
+		return
+	}
+	defer stop()
+	nw, rw := newWriters(nbase, o.Conns), newWriters("http://"+reg.Addr, o.Conns)
+	err = interleave(ctx, o.Rounds, o.Duration,
+		func(d time.Duration) error { return nw.run(ctx, d) },
+		func(d time.Duration) error { return rw.run(ctx, d) })
+	if err != nil {
+		return
+	}
+	noop, wr = nw.st.result(), rw.st.result()
+	if wr.batch, wr.saveUS, err = commitStats(reg); err != nil {
+		return
+	}
+	var rs loadStats
+	err = load(ctx, &rs, 16, o.Duration, func(_ int) error {
+		k := rand.IntN(o.Conns)
+		n := rw.written[k].Load()
 		if n == 0 {
 			return nil
 		}
-		return doReq(c, "GET", fmt.Sprintf("%s/v1/docs/bench/c/w%d-%d", base, w, rand.Int64N(n)), nil, 200)
+		return doReq(rw.c, "GET", fmt.Sprintf("%s/v1/docs/bench/c/w%d-%d", rw.base, k, rand.Int64N(n)), nil, 200)
 	})
-	return wr, rd, err
+	return noop, wr, rs.result(), err
+}
+
+// httpFull measures writes to a region with --durability full, taking
+// turns with raw one-row transactions under synchronous=FULL (its
+// baseline): both wait on the same disk, whose sync time drifts.
+func httpFull(ctx context.Context, o LocalOptions, dir string) (loadResult, float64, error) {
+	rt, err := openRawTxns(filepath.Join(o.Dir, "rawfull.db"), "FULL")
+	if err != nil {
+		return loadResult{}, 0, err
+	}
+	defer rt.close()
+	reg, stop, err := startRegion(ctx, "full", dir)
+	if err != nil {
+		return loadResult{}, 0, err
+	}
+	defer stop()
+	w := newWriters("http://"+reg.Addr, o.Conns)
+	err = interleave(ctx, o.Rounds, o.Duration,
+		func(d time.Duration) error { return rt.runFor(d, rt.step) },
+		func(d time.Duration) error { return w.run(ctx, d) })
+	if err != nil {
+		return loadResult{}, 0, err
+	}
+	res := w.st.result()
+	res.batch, res.saveUS, err = commitStats(reg)
+	return res, rt.rate(), err
+}
+
+// commitStats reads the region's commit histograms: changes saved per
+// transaction (whether group commit batched) and the time spent saving
+// per change, in µs.
+func commitStats(reg *daemon.Region) (batch, usPerChange float64, err error) {
+	mfs, err := reg.Registry().Gather()
+	if err != nil {
+		return 0, 0, fmt.Errorf("read metrics: %w", err)
+	}
+	var changes, commits, secs float64
+	for _, mf := range mfs {
+		if len(mf.GetMetric()) != 1 {
+			continue
+		}
+		h := mf.GetMetric()[0].GetHistogram()
+		switch mf.GetName() {
+		case "syncd_commit_changes":
+			changes, commits = h.GetSampleSum(), float64(h.GetSampleCount())
+		case "syncd_commit_seconds":
+			secs = h.GetSampleSum()
+		}
+	}
+	if commits == 0 || changes == 0 {
+		return 0, 0, fmt.Errorf("no commits in syncd_commit_changes")
+	}
+	return changes / commits, secs * 1e6 / changes, nil
 }
 
 var servingRE = regexp.MustCompile(`region serving.* http=http://([0-9.:]+)`)

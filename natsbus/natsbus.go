@@ -15,6 +15,9 @@
 //
 // Core NATS is at-most-once: nothing here retries. Correctness comes from
 // anti-entropy in the replica (heartbeats expose gaps, sync fills them).
+// The bus only overlaps a catch-up: it asks for the next sync page as soon
+// as one arrives, a few pages ahead of what the replica has stored
+// (pipeline.go).
 package natsbus
 
 import (
@@ -57,6 +60,7 @@ type Bus struct {
 	log     *slog.Logger
 	subs    []*nats.Subscription
 	maxSize int
+	pipe    pipeline
 }
 
 // Start starts the embedded server (unless opts.URL is set) and connects.
@@ -192,6 +196,11 @@ func (b *Bus) Subscribe(deliver func(replica.Message)) error {
 			b.log.Warn("dropping batch whose sender does not match its subject", "subject", msg.Subject, "from", m.From)
 			return
 		}
+		if req, ok := b.pipe.next(m); ok {
+			if err := b.send(*req); err != nil {
+				b.log.Warn("send", "type", req.Type.String(), "ns", req.NS, "err", err)
+			}
+		}
 		deliver(m)
 	}
 	for _, subj := range []string{"syncd.*.changes.*", "syncd.*.hb", "syncd.*.sync." + me} {
@@ -211,6 +220,21 @@ func (b *Bus) Subscribe(deliver func(replica.Message)) error {
 // Send publishes a message on its subject, split into chunks that fit the
 // server's max payload. It implements node.Transport.
 func (b *Bus) Send(m replica.Message) error {
+	if m.Type == replica.MsgSyncReq {
+		send, also := b.pipe.forward(m)
+		if also != nil {
+			if err := b.send(*also); err != nil {
+				return err
+			}
+		}
+		if !send {
+			return nil
+		}
+	}
+	return b.send(m)
+}
+
+func (b *Bus) send(m replica.Message) error {
 	var subj string
 	switch {
 	case m.To != uuid.Nil:

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -191,7 +192,12 @@ func (n *Node) Run(ctx context.Context) error {
 			batch = append(batch, input{run: (*Node).tick})
 		}
 		// Group commit: everything that queued up while the last
-		// transaction ran goes into this one.
+		// transaction ran goes into this one. The input that woke the loop
+		// handed it the sender's processor straight away, while other
+		// writers were still on their way to the queue: yielding once lets
+		// those that are runnable get in, which doubled the batch under 64
+		// HTTP writers (`syncd bench local`: 7 to 15 changes per commit).
+		runtime.Gosched()
 	more:
 		for len(batch) < n.cfg.MaxBatch {
 			select {

@@ -2,6 +2,11 @@ package node_test
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +19,7 @@ import (
 	"github.com/syncd/syncd/node"
 	"github.com/syncd/syncd/replica"
 	"github.com/syncd/syncd/resolver"
+	"github.com/syncd/syncd/sqlitestore"
 )
 
 // memStore adapts replica.MemStorage to node.Store: the loop's contract
@@ -134,5 +140,100 @@ func TestGroupCommitAnswersEveryWriter(t *testing.T) {
 	}
 	if got := a.st.get("shop").State.Seq; got != 64 {
 		t.Fatalf("store holds seq %d after 64 acknowledged writes", got)
+	}
+}
+
+// A rendered write answers with the document right after it: fields
+// written before (read from the store), its own field, and, under group
+// commit, never a field some later writer of the same round set.
+func TestWriteRendersDocument(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := sqlitestore.Open(ctx, filepath.Join(t.TempDir(), "syncd.db"), sqlitestore.Options{KeepLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	n := node.New(node.Config{ID: st.ReplicaID(), Name: "nyc", Role: replica.RoleRegion, Store: st,
+		Clock: hlc.NewClock(func() int64 { return time.Now().UnixMilli() }, 0)})
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	set := func(field, v string) []resolver.Op {
+		return []resolver.Op{{Coll: "c", Doc: "d", Field: field, Op: crdt.OpSet, Value: []byte(v)}}
+	}
+	if _, err := n.Write(ctx, "shop", set("base", `"b"`), node.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const writers = 32
+	views := make([]resolver.View, writers)
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for i := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := n.Write(ctx, "shop", set(fmt.Sprintf("f%02d", i), fmt.Sprint(i)), node.WriteOptions{Render: true})
+			if err != nil {
+				errs <- err
+				return
+			}
+			views[i] = res.View
+			if own := res.Changes[0].HLC; res.View.Version != own {
+				errs <- fmt.Errorf("writer %d: view at version %s, its own change is %s", i, res.View.Version, own)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	final, err := st.GetDoc(ctx, crdt.DocKey{NS: "shop", Coll: "c", Doc: "d"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := resolver.Render("d", final, nil)
+	for i, v := range views {
+		if v.ID != "d" || string(v.Fields["base"]) != `"b"` || string(v.Fields[fmt.Sprintf("f%02d", i)]) != fmt.Sprint(i) {
+			t.Fatalf("writer %d was answered %+v", i, v.Fields)
+		}
+		// The view's version is the writer's own change (checked above), so
+		// no later writer of its round shows in it; what it shows is what
+		// the store holds.
+		for f := range v.Fields {
+			if string(all.Fields[f]) != string(v.Fields[f]) {
+				t.Fatalf("writer %d shows %s=%s, the store holds %s", i, f, v.Fields[f], all.Fields[f])
+			}
+		}
+	}
+	// Ops on two documents cannot be rendered as one.
+	two := append(set("x", "1"), resolver.Op{Coll: "c", Doc: "e", Field: "x", Op: crdt.OpSet, Value: []byte("1")})
+	if _, err := n.Write(ctx, "shop", two, node.WriteOptions{Render: true}); !errors.Is(err, crdt.ErrInvalid) {
+		t.Fatalf("rendered write over two documents: %v", err)
+	}
+}
+
+// Tokens are the vector's JSON as encoding/json writes it, so tokens
+// issued before and after the hand-written encoder are the same string.
+func TestEncodeTokenIsJSON(t *testing.T) {
+	for n := range 6 {
+		v := crdt.Vector{}
+		for i := range n {
+			v[uuid.New()] = uint64(i) * 1e15
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "v1." + base64.RawURLEncoding.EncodeToString(b)
+		if got := node.EncodeToken(v); got != want {
+			t.Fatalf("%d regions: token %s, encoding/json gives %s", n, got, want)
+		}
+		back, err := node.ParseToken(want)
+		if err != nil || len(back) != n {
+			t.Fatalf("parse: %v, %v", back, err)
+		}
 	}
 }

@@ -5,6 +5,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -258,7 +259,7 @@ func decode(r *http.Request, v any) error {
 	if err := crdt.CheckDepth(b, 64); err != nil {
 		return err
 	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		if errors.Is(err, crdt.ErrInvalid) {
@@ -360,11 +361,8 @@ func (s *Server) commit(w http.ResponseWriter, r *http.Request, ops []resolver.O
 	for i := range ops {
 		ops[i].Coll, ops[i].Doc = k.Coll, k.Doc
 	}
+	o.Render = true
 	res, err := s.cfg.Node.Write(r.Context(), k.NS, ops, o)
-	if err != nil {
-		return err
-	}
-	v, _, err := s.view(r.Context(), k)
 	if err != nil {
 		return err
 	}
@@ -372,7 +370,7 @@ func (s *Server) commit(w http.ResponseWriter, r *http.Request, ops []resolver.O
 	if !res.Replicated {
 		status = http.StatusAccepted
 	}
-	writeJSON(w, status, WriteResponse{View: v, Token: res.Token, Replicated: res.Replicated, Regions: res.Regions})
+	writeJSON(w, status, WriteResponse{View: res.View, Token: res.Token, Replicated: res.Replicated, Regions: res.Regions})
 	return nil
 }
 

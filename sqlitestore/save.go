@@ -54,12 +54,19 @@ func (s *Store) Save(ctx context.Context, rds []*replica.Ready) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := w.exec(qBegin); err != nil {
+	if s.rtx {
+		// The loop's reads since the last Save ran in a deferred
+		// transaction (see reading): it becomes this one at its first
+		// write. Nothing else writes this file, so its snapshot is the
+		// newest and the upgrade cannot be refused.
+		s.rtx = false
+	} else if err := w.exec(qBegin); err != nil {
 		return fmt.Errorf("sqlitestore: save: begin: %w", err)
 	}
 	s.inTx = true
 	defer func() {
 		s.inTx = false
+		clear(s.docs)
 		s.endTx(err == nil)
 		s.blog.reset()
 		s.bdots.reset()
@@ -90,6 +97,28 @@ func (s *Store) Save(ctx context.Context, rds []*replica.Ready) (err error) {
 	if err := w.exec(qCommit); err != nil {
 		return fmt.Errorf("sqlitestore: save: commit: %w", err)
 	}
+	for _, rd := range rds {
+		if persists(rd) {
+			s.ckpt.committed()
+			break
+		}
+	}
+	return nil
+}
+
+// reading opens a deferred transaction on the writer for the loop's
+// reads, unless one is open: SQLite otherwise opens and closes a read
+// transaction around every statement, which was half the cost of the
+// point read a write does before it is saved. The next Save continues
+// it. Caller holds mu.
+func (s *Store) reading(w *wconn) error {
+	if s.rtx || s.inTx {
+		return nil
+	}
+	if err := w.exec("BEGIN"); err != nil {
+		return fmt.Errorf("begin read: %w", err)
+	}
+	s.rtx = true
 	return nil
 }
 
@@ -100,8 +129,14 @@ func (s *Store) step(name string) error {
 	return nil
 }
 
+// persists reports whether a Ready has anything to write (a Ready may
+// carry only messages, a heartbeat).
+func persists(rd *replica.Ready) bool {
+	return rd.State != nil || len(rd.Log) > 0 || len(rd.Fields) > 0 || len(rd.Outbox) > 0 || len(rd.OutboxDone) > 0
+}
+
 func (s *Store) saveReady(w *wconn, rd *replica.Ready) error {
-	if rd.State == nil && len(rd.Log) == 0 && len(rd.Fields) == 0 && len(rd.Outbox) == 0 && len(rd.OutboxDone) == 0 {
+	if !persists(rd) {
 		return nil
 	}
 	if err := crdt.ValidateName(rd.NS); err != nil {

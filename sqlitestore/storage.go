@@ -51,6 +51,12 @@ func (v *view) Field(k crdt.FieldKey) (*crdt.Field, error) {
 	if err != nil {
 		return nil, err
 	}
+	if fs, ok := v.s.docs[k.DocKey()]; ok {
+		return fs[k.Field], nil
+	}
+	if err := v.s.reading(w); err != nil {
+		return nil, fmt.Errorf("sqlitestore: read field %s: %w", k, err)
+	}
 	v.s.kbuf = fieldKey(v.s.kbuf[:0], k)
 	var f *crdt.Field
 	err = w.query(qField1, func(row []driverValue) error {
@@ -76,6 +82,12 @@ func (v *view) Doc(k crdt.DocKey) (map[string]*crdt.Field, error) {
 	if err != nil {
 		return nil, err
 	}
+	if fs, ok := v.s.docs[k]; ok {
+		return fs, nil
+	}
+	if err := v.s.reading(w); err != nil {
+		return nil, fmt.Errorf("sqlitestore: read doc %s: %w", k, err)
+	}
 	var fs map[string]*crdt.Field
 	err = w.query(qDocRows, func(row []driverValue) error {
 		key, _ := row[0].(string)
@@ -85,8 +97,16 @@ func (v *view) Doc(k crdt.DocKey) (map[string]*crdt.Field, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: read doc %s: %w", k, err)
 	}
+	if len(v.s.docs) >= maxCachedDocs {
+		clear(v.s.docs)
+	}
+	v.s.docs[k] = fs
 	return fs, nil
 }
+
+// maxCachedDocs bounds the documents Storage keeps between two Saves: a
+// round of the node loop takes at most a few thousand inputs.
+const maxCachedDocs = 4096
 
 func addField(fs *map[string]*crdt.Field, name string, state []byte) error {
 	f, err := decodeField(state)
@@ -304,9 +324,16 @@ var _ replica.FieldBatcher = (*view)(nil)
 
 // Fields reads many fields with one statement per 32 keys: a batch of
 // remote changes touches a thousand fields, and a statement's fixed cost
-// is most of a point read's.
+// is most of a point read's. A document the batch touches in many fields
+// (a write of a whole document, replicated) is read as one range of keys
+// instead: one seek for all its fields rather than one each, and when
+// the document is new, as it is for most of a catch-up, that seek finds
+// nothing. The range read stops after a few times as many rows as asked
+// for, so a document with many more fields than the batch touches is
+// read key by key instead.
 func (v *view) Fields(keys []crdt.FieldKey) (map[crdt.FieldKey]*crdt.Field, error) {
-	out := make(map[crdt.FieldKey]*crdt.Field, len(keys))
+	// Sized as things are found: in a catch-up most keys are not.
+	out := map[crdt.FieldKey]*crdt.Field{}
 	byKey := make(map[string]crdt.FieldKey, len(keys))
 	args := make([]any, 0, fieldsChunk)
 	v.s.mu.Lock()
@@ -315,6 +342,20 @@ func (v *view) Fields(keys []crdt.FieldKey) (map[crdt.FieldKey]*crdt.Field, erro
 	if err != nil {
 		return nil, err
 	}
+	found := func(row []driverValue) error {
+		k, _ := row[0].(string)
+		fk, ok := byKey[k]
+		if !ok {
+			return nil // a field of the document the batch does not touch
+		}
+		b, _ := row[1].([]byte)
+		f, err := decodeField(b)
+		if err != nil {
+			return fmt.Errorf("field %q: %w", k, err)
+		}
+		out[fk] = f
+		return nil
+	}
 	flush := func() error {
 		if len(args) == 0 {
 			return nil
@@ -322,18 +363,33 @@ func (v *view) Fields(keys []crdt.FieldKey) (map[crdt.FieldKey]*crdt.Field, erro
 		for len(args) < fieldsChunk {
 			args = append(args, args[0]) // pad: a repeated key matches once
 		}
-		err := w.query(qFieldsIn, func(row []driverValue) error {
-			k, _ := row[0].(string)
-			b, _ := row[1].([]byte)
-			f, err := decodeField(b)
-			if err != nil {
-				return fmt.Errorf("field %q: %w", k, err)
-			}
-			out[byKey[k]] = f
-			return nil
-		}, args...)
+		err := w.query(qFieldsIn, found, args...)
 		args = args[:0]
 		return err
+	}
+	// A batch lists a document's changes together, so runs of keys of
+	// one document are what a range read serves; a document that comes
+	// back later in the batch starts a run of its own.
+	var run []string
+	var runDoc crdt.DocKey
+	endRun := func() error {
+		if len(run) >= docRangeMin {
+			whole, err := v.docFields(w, runDoc, len(run), found)
+			if err != nil || whole {
+				run = run[:0]
+				return err
+			}
+		}
+		for _, ks := range run {
+			args = append(args, ks)
+			if len(args) == fieldsChunk {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		run = run[:0]
+		return nil
 	}
 	for _, k := range keys {
 		if !keyPartOK(k.NS) || !keyPartOK(k.Coll) || !keyPartOK(k.Doc) || !keyPartOK(k.Field) {
@@ -344,15 +400,50 @@ func (v *view) Fields(keys []crdt.FieldKey) (map[crdt.FieldKey]*crdt.Field, erro
 			continue
 		}
 		byKey[ks] = k
-		args = append(args, ks)
-		if len(args) == fieldsChunk {
-			if err := flush(); err != nil {
+		if dk := k.DocKey(); len(run) == 0 || dk != runDoc {
+			if err := endRun(); err != nil {
 				return nil, fmt.Errorf("sqlitestore: read fields: %w", err)
 			}
+			runDoc = dk
 		}
+		run = append(run, ks)
+	}
+	if err := endRun(); err != nil {
+		return nil, fmt.Errorf("sqlitestore: read fields: %w", err)
 	}
 	if err := flush(); err != nil {
 		return nil, fmt.Errorf("sqlitestore: read fields: %w", err)
 	}
 	return out, nil
+}
+
+// docRangeMin is how many of a document's fields a batch must touch for
+// Fields to read the document's key range rather than each key.
+const docRangeMin = 8
+
+const qDocFieldsRange = `SELECT k, state FROM fields WHERE k >= ? AND k < ? ORDER BY k LIMIT ?`
+
+// docFields reads the fields of a document in one range, handing each
+// row to found; whole is false, and nothing is handed over, if the
+// document has more than a few times as many fields as the asked ones.
+func (v *view) docFields(w *wconn, doc crdt.DocKey, asked int, found func([]driverValue) error) (whole bool, err error) {
+	lo, hi, ok := docRange(doc)
+	if !ok {
+		return true, nil
+	}
+	limit := 4 * asked
+	var rows [][]driverValue
+	err = w.query(qDocFieldsRange, func(row []driverValue) error {
+		rows = append(rows, []driverValue{row[0], row[1]})
+		return nil
+	}, lo, hi, int64(limit))
+	if err != nil || len(rows) >= limit {
+		return false, err
+	}
+	for _, row := range rows {
+		if err := found(row); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
 }

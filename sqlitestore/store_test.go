@@ -796,3 +796,74 @@ func TestReadersSeeWholeSaves(t *testing.T) {
 		}
 	}
 }
+
+// The loop reads a document whole before writing it and its field reads
+// are answered from that read: a Save must drop it, or the next round
+// would merge into state the store no longer holds.
+func TestStorageDocReadsSeeEverySave(t *testing.T) {
+	s := openTest(t, Options{KeepLog: true})
+	st := s.Storage(confNS)
+	dk := crdt.DocKey{NS: confNS, Coll: "items", Doc: "d1"}
+	fk := crdt.FieldKey{NS: confNS, Coll: "items", Doc: "d1", Field: "f"}
+	if fs, err := st.Doc(dk); err != nil || fs != nil {
+		t.Fatalf("doc before any save: %v, %v", fs, err)
+	}
+	if f, err := st.Field(fk); err != nil || f != nil {
+		t.Fatalf("field before any save: %v, %v", f, err)
+	}
+	for i := uint64(1); i <= 2; i++ {
+		c := own(regA, i, "d1", "f", fmt.Sprint(i))
+		ups := fieldsOf(c)
+		save(t, s, &replica.Ready{NS: confNS, Log: []crdt.Change{c}, Fields: ups})
+		if f, err := st.Field(fk); err != nil || f == nil || f.Last != ups[0].State.Last {
+			t.Fatalf("field after save %d: %+v, %v", i, f, err)
+		}
+		fs, err := st.Doc(dk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustEqual(t, fmt.Sprintf("doc after save %d", i), fs, map[string]*crdt.Field{"f": ups[0].State})
+	}
+}
+
+// Storage reads leave a deferred transaction open that the next Save
+// continues: a Save that fails must end it, the next one must still
+// commit, what it commits must be visible to the read pool, and a store
+// closed after reads but before a Save must close cleanly.
+func TestReadsThenSave(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{KeepLog: true})
+	st := s.Storage(confNS)
+	fk := crdt.FieldKey{NS: confNS, Coll: "items", Doc: "d1", Field: "f"}
+	c := own(regA, 1, "d1", "f", `1`)
+	rd := &replica.Ready{NS: confNS, Log: []crdt.Change{c}, Fields: fieldsOf(c),
+		State: &replica.State{Vector: crdt.Vector{regA: 1}, Seq: 1, HLC: c.HLC}}
+
+	if _, err := st.Field(fk); err != nil {
+		t.Fatal(err)
+	}
+	s.fail = func(step string) error {
+		if step == "log" {
+			return errors.New("injected")
+		}
+		return nil
+	}
+	if err := s.Save(ctx, []*replica.Ready{rd}); err == nil {
+		t.Fatal("save with an injected failure succeeded")
+	}
+	s.fail = nil
+	if _, err := st.Field(fk); err != nil {
+		t.Fatal(err)
+	}
+	save(t, s, rd)
+	fs, err := s.GetDoc(ctx, crdt.DocKey{NS: confNS, Coll: "items", Doc: "d1"})
+	if err != nil || fs["f"] == nil {
+		t.Fatalf("read pool after save: %v, %v", fs, err)
+	}
+	if _, err := st.Doc(crdt.DocKey{NS: confNS, Coll: "items", Doc: "d2"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("close after reads without a save: %v", err)
+	}
+}

@@ -44,7 +44,9 @@ func (c *cluster) routes(skip int) string {
 	return strings.Join(rs, ",")
 }
 
-// waitMesh waits until every region has heard every other one.
+// waitMesh waits until every region holds every other one's write and
+// lists it as a peer: holding its changes is not enough for ack=all,
+// which counts the regions heard from in a heartbeat or an ack.
 func (c *cluster) waitMesh() {
 	c.t.Helper()
 	for _, p := range c.procs {
@@ -56,6 +58,15 @@ func (c *cluster) waitMesh() {
 				if r := p.do("GET", "/v1/docs/mesh/ping/"+q.name, nil); r.Status != 200 {
 					return fmt.Errorf("%s has not heard from %s", p.name, q.name)
 				}
+			}
+			peers := 0
+			for _, pr := range p.status().Peers {
+				if pr.NS == "mesh" {
+					peers++
+				}
+			}
+			if peers != len(c.procs)-1 {
+				return fmt.Errorf("%s lists %d peers, want %d", p.name, peers, len(c.procs)-1)
 			}
 		}
 		return nil

@@ -1,0 +1,69 @@
+package sqlitestore
+
+import (
+	"fmt"
+	"reflect"
+	"testing"
+
+	"github.com/syncd/syncd/crdt"
+	"github.com/syncd/syncd/replica"
+)
+
+// TestFieldsMatchesField: the batched read gives, for every key, what a
+// point read gives, whichever way it reads a document: by key (few
+// fields asked), as one range (many asked), or by key again when the
+// document has many more fields than asked.
+func TestFieldsMatchesField(t *testing.T) {
+	s := openTest(t, Options{KeepLog: true})
+	var cs []crdt.Change
+	seq := uint64(0)
+	// small: 10 fields; big: 100 fields; few: 3 fields.
+	for doc, n := range map[string]int{"small": 10, "big": 100, "few": 3} {
+		for i := 0; i < n; i++ {
+			seq++
+			c := own(regA, seq, doc, fmt.Sprintf("f%02d", i), fmt.Sprint(i))
+			c.NS = "ns"
+			cs = append(cs, c)
+		}
+	}
+	ups := fieldsOf(cs...)
+	save(t, s, &replica.Ready{NS: "ns", Fields: ups})
+	st := s.Storage("ns")
+	var keys []crdt.FieldKey
+	key := func(doc string, i int) crdt.FieldKey {
+		return crdt.FieldKey{NS: "ns", Coll: "items", Doc: doc, Field: fmt.Sprintf("f%02d", i)}
+	}
+	for i := 0; i < 12; i++ { // 10 held, 2 not: a range read
+		keys = append(keys, key("small", i))
+	}
+	for i := 0; i < 100; i += 10 { // 10 of 100: too few for the range
+		keys = append(keys, key("big", i))
+	}
+	for i := 0; i < 4; i++ { // by key
+		keys = append(keys, key("few", i))
+	}
+	for i := 0; i < 9; i++ { // a new document
+		keys = append(keys, key("new", i))
+	}
+	keys = append(keys, key("small", 3)) // asked twice
+	got, err := st.(replica.FieldBatcher).Fields(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := 0
+	for _, k := range keys {
+		want, err := st.Field(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want != nil {
+			held++
+		}
+		if !reflect.DeepEqual(got[k], want) {
+			t.Errorf("%s: Fields gave %+v, Field gives %+v", k, got[k], want)
+		}
+	}
+	if held != 24 || len(got) != 23 {
+		t.Fatalf("%d keys held, %d read; want 24 and 23 (one asked twice)", held, len(got))
+	}
+}
