@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -116,4 +117,18 @@ func joinKeys(m map[string]float64) string {
 	}
 	sort.Strings(ks)
 	return strings.Join(ks, ",")
+}
+
+// scratch makes *dir a temporary directory when it is empty, and returns
+// what removes it again; a directory the caller named is kept.
+func scratch(dir *string, prefix string) (func(), error) {
+	if *dir != "" {
+		return func() {}, nil
+	}
+	d, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, fmt.Errorf("scratch directory: %w", err)
+	}
+	*dir = d
+	return func() { os.RemoveAll(d) }, nil
 }

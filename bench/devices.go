@@ -77,14 +77,11 @@ const devicesNS = "devices"
 // clients in this one.
 func Devices(ctx context.Context, o DevicesOptions) (*Report, error) {
 	o.defaults()
-	if o.Dir == "" {
-		d, err := os.MkdirTemp("", "syncd-bench-devices-")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(d)
-		o.Dir = d
+	cleanup, err := scratch(&o.Dir, "syncd-bench-devices-")
+	if err != nil {
+		return nil, err
 	}
+	defer cleanup()
 	rep := &Report{Name: "devices"}
 	say := func(f string, a ...any) { fmt.Fprintf(o.Progress, f+"\n", a...) }
 	// On a shared virtual machine the hypervisor may take the CPUs away

@@ -75,14 +75,11 @@ func (o *LocalOptions) defaults() {
 // Local runs the single-region figures of issue 3.
 func Local(ctx context.Context, o LocalOptions) (*Report, error) {
 	o.defaults()
-	if o.Dir == "" {
-		d, err := os.MkdirTemp("", "syncd-bench-")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(d)
-		o.Dir = d
+	cleanup, err := scratch(&o.Dir, "syncd-bench-")
+	if err != nil {
+		return nil, err
 	}
+	defer cleanup()
 	rep := &Report{Name: "local"}
 	say := func(f string, a ...any) { fmt.Fprintf(o.Progress, f+"\n", a...) }
 

@@ -78,14 +78,11 @@ const benchNS = "bench"
 // route on loopback, each (by default) its own process.
 func Replication(ctx context.Context, o ReplicationOptions) (*Report, error) {
 	o.defaults()
-	if o.Dir == "" {
-		d, err := os.MkdirTemp("", "syncd-bench-repl-")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(d)
-		o.Dir = d
+	cleanup, err := scratch(&o.Dir, "syncd-bench-repl-")
+	if err != nil {
+		return nil, err
 	}
+	defer cleanup()
 	if o.Exe == "" && !o.InProcess {
 		exe, err := os.Executable()
 		if err != nil {
