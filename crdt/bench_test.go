@@ -7,133 +7,19 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/syncd/syncd/crdt"
-	"github.com/syncd/syncd/hlc"
-	"github.com/syncd/syncd/resolver"
+	"github.com/syncd/syncd/internal/workload"
 )
 
 // The apply benchmarks time what every replica does most: merge a change
 // from elsewhere into its field states. The changes are made beforehand
-// the way replicas make them — several writers, each preparing its op
-// through the kind's resolver policy against its own state, exchanging
-// everything they made every so often — so contexts, siblings, set tags
-// and counter totals are the ones real traffic carries. The timer covers
-// only applying them, in the order they were made, into fresh state.
-
-// workload says what the writers do.
-type workload struct {
-	kinds   []crdt.Kind // each op picks one of these, uniformly
-	writers int
-	docs    int // ops pick a document uniformly
-	ops     int
-	every   int // all writers exchange everything after this many ops
-	seed    uint64
-}
-
-// fieldOf is the field a kind writes in a benchmark document: one field
-// per kind, as in a product document with a title, notes, a cart and a
-// stock count.
-var fieldOf = map[crdt.Kind]string{
-	crdt.KindLWW: "title", crdt.KindManual: "notes", crdt.KindORSet: "cart", crdt.KindCounter: "stock",
-}
-
-type writer struct {
-	id     crdt.ReplicaID
-	seq    uint64
-	clock  *hlc.Clock
-	fields map[crdt.FieldKey]*crdt.Field
-	seen   int // how much of the global change list it has applied
-}
-
-// changes runs the workload and returns every change in the order made,
-// and one writer's final state after a last full exchange (every writer
-// holds the same by then).
-func (w workload) changes() ([]crdt.Change, map[crdt.FieldKey]*crdt.Field) {
-	rng := rand.New(rand.NewPCG(w.seed, 1))
-	phys := hlc.NewManualClock(1_700_000_000_000)
-	ws := make([]*writer, w.writers)
-	for i := range ws {
-		ws[i] = &writer{
-			id:     crdt.ReplicaID{0xd0, byte(i + 1)},
-			clock:  hlc.NewClock(phys.Now, 0),
-			fields: map[crdt.FieldKey]*crdt.Field{},
-		}
-	}
-	docs := make([]string, w.docs)
-	for i := range docs {
-		docs[i] = "p" + strconv.Itoa(i)
-	}
-	all := make([]crdt.Change, 0, w.ops)
-	exchange := func() {
-		for _, wr := range ws {
-			for ; wr.seen < len(all); wr.seen++ {
-				c := &all[wr.seen]
-				if c.Origin == wr.id {
-					continue
-				}
-				_ = wr.clock.Update(c.HLC)
-				wr.field(c.Key()).Apply(c)
-			}
-		}
-	}
-	for n := 0; n < w.ops; n++ {
-		if n > 0 && n%w.every == 0 {
-			exchange()
-		}
-		if n%50 == 0 {
-			phys.Advance(time.Millisecond)
-		}
-		wr := ws[rng.IntN(len(ws))]
-		k := w.kinds[rng.IntN(len(w.kinds))]
-		c := crdt.Change{
-			NS: "bench", Coll: "products", Doc: docs[rng.IntN(len(docs))], Field: fieldOf[k], Kind: k,
-			Origin: wr.id,
-		}
-		switch k {
-		case crdt.KindLWW:
-			c.Op, c.Value = crdt.OpSet, []byte(`"title `+strconv.Itoa(n)+`"`)
-		case crdt.KindManual:
-			c.Op, c.Value = crdt.OpSet, []byte(`"note `+strconv.Itoa(n)+`"`)
-			if rng.IntN(5) == 0 {
-				c.Op = crdt.OpResolve
-			}
-		case crdt.KindORSet:
-			c.Op, c.Value = crdt.OpAdd, []byte(`"sku-`+strconv.Itoa(rng.IntN(12))+`"`)
-			if rng.IntN(3) == 0 {
-				c.Op = crdt.OpRemove
-			}
-		case crdt.KindCounter:
-			c.Op, c.Value = crdt.OpIncr, []byte(strconv.Itoa(rng.IntN(9)-3))
-		}
-		f := wr.field(c.Key())
-		if err := resolver.For(k).Prepare(f, &c); err != nil {
-			panic(fmt.Sprintf("prepare %s %s: %v", k, c.Op, err))
-		}
-		wr.seq++
-		c.Seq, c.HLC = wr.seq, wr.clock.Now()
-		c.ID = uuid.UUID{0xc0, byte(n >> 16), byte(n >> 8), byte(n), 0, 0, 0x40, 0, 0x80}
-		f.Apply(&c)
-		all = append(all, c)
-	}
-	exchange()
-	return all, ws[0].fields
-}
-
-func (wr *writer) field(k crdt.FieldKey) *crdt.Field {
-	f := wr.fields[k]
-	if f == nil {
-		f = &crdt.Field{}
-		wr.fields[k] = f
-	}
-	return f
-}
+// the way replicas make them (internal/workload); the timer covers only
+// applying them, in the order they were made, into fresh state.
 
 // store is the smallest in-memory store: field states by key.
 type store map[crdt.FieldKey]*crdt.Field
@@ -167,8 +53,8 @@ func BenchmarkApply(b *testing.B) {
 	for _, docs := range []int{1_000, 100_000} {
 		for _, bk := range benchKinds {
 			b.Run(fmt.Sprintf("kind=%s/docs=%d", bk.name, docs), func(b *testing.B) {
-				w := workload{kinds: bk.kinds, writers: 4, docs: docs, ops: 100_000, every: 1_000, seed: 1}
-				cs, _ := w.changes()
+				w := workload.Config{Kinds: bk.kinds, Writers: 4, Docs: docs, Ops: 100_000, Every: 1_000, Seed: 1}
+				cs, _ := w.Changes()
 				b.ReportAllocs()
 				for b.Loop() {
 					s := store{}
@@ -189,8 +75,8 @@ func BenchmarkApply(b *testing.B) {
 // each writer reached by exchanging them, for every kind.
 func TestApplyWorkloadConverges(t *testing.T) {
 	for _, bk := range benchKinds {
-		w := workload{kinds: bk.kinds, writers: 4, docs: 50, ops: 5_000, every: 100, seed: 7}
-		cs, want := w.changes()
+		w := workload.Config{Kinds: bk.kinds, Writers: 4, Docs: 50, Ops: 5_000, Every: 100, Seed: 7}
+		cs, want := w.Changes()
 		s := store{}
 		for i := range cs {
 			s.apply(&cs[i])
@@ -283,8 +169,8 @@ func TestCanonicalFastPath(t *testing.T) {
 // the original would, and leaves the original untouched.
 func TestCloneIsIndependent(t *testing.T) {
 	for _, bk := range benchKinds {
-		w := workload{kinds: bk.kinds, writers: 4, docs: 5, ops: 4_000, every: 50, seed: 11}
-		cs, _ := w.changes()
+		w := workload.Config{Kinds: bk.kinds, Writers: 4, Docs: 5, Ops: 4_000, Every: 50, Seed: 11}
+		cs, _ := w.Changes()
 		orig, want := store{}, store{}
 		for i := range cs {
 			want.apply(&cs[i])

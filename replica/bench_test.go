@@ -3,7 +3,6 @@ package replica_test
 import (
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"runtime"
 	"strconv"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/syncd/syncd/crdt"
 	"github.com/syncd/syncd/hlc"
+	"github.com/syncd/syncd/internal/workload"
 	"github.com/syncd/syncd/replica"
 	"github.com/syncd/syncd/resolver"
 )
@@ -97,42 +97,8 @@ func exchange(ws []*writer, all []crdt.Change) {
 // are stamped by srcRegion in the order made, as srcRegion would stamp its
 // devices' pushes.
 func mixedChanges(kinds []crdt.Kind, docs, ops int, seed uint64) []crdt.Change {
-	rng := rand.New(rand.NewPCG(seed, 1))
-	phys := hlc.NewManualClock(benchT0)
-	ws := newWriters(4, phys)
-	names := make([]string, docs)
-	for i := range names {
-		names[i] = "p" + strconv.Itoa(i)
-	}
-	all := make([]crdt.Change, 0, ops)
-	for n := 0; n < ops; n++ {
-		if n > 0 && n%1000 == 0 {
-			exchange(ws, all)
-		}
-		if n%50 == 0 {
-			phys.Advance(time.Millisecond)
-		}
-		k := kinds[rng.IntN(len(kinds))]
-		c := crdt.Change{Coll: "products", Doc: names[rng.IntN(docs)], Field: fieldOf[k], Kind: k}
-		switch k {
-		case crdt.KindLWW:
-			c.Op, c.Value = crdt.OpSet, []byte(`"title `+strconv.Itoa(n)+`"`)
-		case crdt.KindManual:
-			c.Op, c.Value = crdt.OpSet, []byte(`"note `+strconv.Itoa(n)+`"`)
-			if rng.IntN(5) == 0 {
-				c.Op = crdt.OpResolve
-			}
-		case crdt.KindORSet:
-			c.Op, c.Value = crdt.OpAdd, []byte(`"sku-`+strconv.Itoa(rng.IntN(12))+`"`)
-			if rng.IntN(3) == 0 {
-				c.Op = crdt.OpRemove
-			}
-		case crdt.KindCounter:
-			c.Op, c.Value = crdt.OpIncr, []byte(strconv.Itoa(rng.IntN(9)-3))
-		}
-		all = append(all, ws[rng.IntN(len(ws))].write(c, n))
-	}
-	return stamp(all)
+	cs, _ := workload.Config{Kinds: kinds, Writers: 4, Docs: docs, Ops: ops, Every: 1000, Seed: seed}.Changes()
+	return stamp(cs)
 }
 
 // stamp gives changes srcRegion's region stamps, in order.
