@@ -2,9 +2,6 @@ package bench
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -16,12 +13,7 @@ func TestDevicesQuick(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds syncd and runs a region")
 	}
-	exe := filepath.Join(t.TempDir(), "syncd")
-	build := exec.Command("go", "build", "-o", exe, "../cmd/syncd")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		t.Fatal(err)
-	}
+	exe := buildSyncd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	rep, err := Devices(ctx, DevicesOptions{Exe: exe, Dir: t.TempDir(), Rate: 200, Duration: time.Second,

@@ -16,13 +16,19 @@ func TestReplicationQuick(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs regions as processes")
 	}
+	checkReplication(t, ReplicationOptions{Exe: buildSyncd(t)})
+}
+
+// buildSyncd builds the syncd binary the process-based benchmarks run.
+func buildSyncd(t *testing.T) string {
+	t.Helper()
 	exe := filepath.Join(t.TempDir(), "syncd")
 	build := exec.Command("go", "build", "-o", exe, "../cmd/syncd")
-	build.Stderr = os.Stderr
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		t.Fatalf("build syncd: %v", err)
 	}
-	checkReplication(t, ReplicationOptions{Exe: exe})
+	return exe
 }
 
 // TestReplicationInProcess runs the same figures with both regions in
