@@ -854,23 +854,31 @@ func catchUp(ctx context.Context, c *http.Client, a, b *benchRegion, o Replicati
 	if err != nil {
 		return catchUpResult{}, err
 	}
-	// Timed from the first change applied: before it, b waits for the
-	// route and for a heartbeat to show it is behind (reported apart).
+	// Timed from the last poll that still saw nothing applied: before
+	// it, b waits for the route and for a heartbeat to show it is behind
+	// (reported apart). Timing from that poll rather than from the first
+	// change seen counts every change, so a catch-up that finishes
+	// within one poll still gets a rate (bounded below by the poll).
 	from := vb[aid]
-	var first time.Time
-	var firstAt uint64
+	idle, first := serving, time.Time{}
 	if err := waitUntil(ctx, 5*time.Minute, 2*time.Millisecond, func() (bool, error) {
+		polled := time.Now()
 		vb, err := b.vector(ctx, c)
-		if first.IsZero() && vb[aid] > from {
-			first, firstAt = time.Now(), vb[aid]
+		if err != nil {
+			return false, err
 		}
-		return vb[aid] >= va[aid], err
+		if vb[aid] == from {
+			idle = polled
+		} else if first.IsZero() {
+			first = time.Now()
+		}
+		return vb[aid] >= va[aid], nil
 	}); err != nil {
 		return catchUpResult{}, fmt.Errorf("b did not catch up: %w", err)
 	}
 	done := time.Now()
 	return catchUpResult{
-		rate:   float64(va[aid]-firstAt) / done.Sub(first).Seconds(),
+		rate:   float64(va[aid]-from) / done.Sub(idle).Seconds(),
 		detect: first.Sub(serving),
 		total:  done.Sub(serving),
 	}, nil
