@@ -45,7 +45,7 @@ type LocalOptions struct {
 	Exe       string        // the syncd binary for the RSS figure (default this executable)
 	Progress  io.Writer     // progress lines (nil: none)
 	Conns     int           // concurrent HTTP writers (default 64)
-	Rounds    int           // turns the writes and the no-op baseline take (default 6)
+	Rounds    int           // turns each figure and its baseline take (default 6)
 	SkipFull  bool
 	SkipHTTP  bool
 	SkipApply bool
@@ -126,13 +126,8 @@ func Local(ctx context.Context, o LocalOptions) (*Report, error) {
 		}
 	}
 	if !o.SkipApply {
-		say("raw batched upserts, 1,000 rows per transaction...")
-		rawB, err := rawBatches(filepath.Join(o.Dir, "rawbatch.db"), o.Batches)
-		if err != nil {
-			return nil, err
-		}
-		say("applying 1,000-change batches from another region...")
-		ap, err := applyBatches(ctx, filepath.Join(o.Dir, "apply"), o.Batches)
+		say("applying 1,000-change batches from another region, and raw batched upserts, in turns...")
+		ap, rawB, err := applyVsRaw(ctx, o)
 		if err != nil {
 			return nil, err
 		}
@@ -243,39 +238,47 @@ func (r *rawTxns) step(i int) error {
 
 func (r *rawTxns) close() { r.stmt.Close(); r.db.Close() }
 
-// rawBatches is the baseline for applying batches: n transactions of 1,000
-// upserts each.
-func rawBatches(path string, n int) (float64, error) {
+// rawBatches is the baseline for applying batches: transactions of
+// 1,000 upserts each into a plain table with the store's pragmas.
+type rawBatches struct {
+	db   *sql.DB
+	stmt *sql.Stmt
+	val  []byte
+	counted
+}
+
+func openRawBatches(path string) (*rawBatches, error) {
 	db, err := openRaw(path, "NORMAL")
 	if err != nil {
-		return 0, fmt.Errorf("raw sqlite: %w", err)
+		return nil, fmt.Errorf("raw sqlite: %w", err)
 	}
-	defer db.Close()
 	stmt, err := db.Prepare(`INSERT INTO t (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v`)
 	if err != nil {
-		return 0, err
+		db.Close()
+		return nil, err
 	}
-	defer stmt.Close()
-	val := bytes.Repeat([]byte("x"), 64)
-	start := time.Now()
-	for b := 0; b < n; b++ {
-		tx, err := db.Begin()
-		if err != nil {
-			return 0, err
-		}
-		ts := tx.Stmt(stmt)
-		for i := 0; i < 1000; i++ {
-			if _, err := ts.Exec("k"+strconv.Itoa(b*1000+i), val); err != nil {
-				tx.Rollback()
-				return 0, err
-			}
-		}
-		if err := tx.Commit(); err != nil {
-			return 0, err
-		}
-	}
-	return float64(n*1000) / time.Since(start).Seconds(), nil
+	return &rawBatches{db: db, stmt: stmt, val: bytes.Repeat([]byte("x"), 64)}, nil
 }
+
+// step commits batch b.
+func (r *rawBatches) step(b int) error {
+	tx, err := r.db.Begin()
+	if err != nil {
+		return err
+	}
+	ts := tx.Stmt(r.stmt)
+	for i := 0; i < 1000; i++ {
+		if _, err := ts.Exec("k"+strconv.Itoa(b*1000+i), r.val); err != nil {
+			tx.Rollback()
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+func (r *rawBatches) rate() float64 { return 1000 * r.counted.rate() }
+
+func (r *rawBatches) close() { r.stmt.Close(); r.db.Close() }
 
 func wallClock() *hlc.Clock {
 	return hlc.NewClock(func() int64 { return time.Now().UnixMilli() }, 0)
@@ -352,35 +355,89 @@ func remoteBatch(from crdt.ReplicaID, b int, clock *hlc.Clock) replica.Message {
 	return m
 }
 
-// applyBatches steps n batches of 1,000 changes into a region and saves
-// each: decoding excluded, everything from Step to commit included.
-func applyBatches(ctx context.Context, dir string, n int) (float64, error) {
-	os.MkdirAll(dir, 0o755)
+// batchApplier steps batches of 1,000 changes from another region into
+// a region and saves each: making the batch excluded, everything from
+// Step to commit timed.
+type batchApplier struct {
+	ctx  context.Context
+	st   *sqlitestore.Store
+	r    *replica.Replica
+	from crdt.ReplicaID
+	src  *hlc.Clock
+	n    int
+	busy time.Duration
+}
+
+func openBatchApplier(ctx context.Context, dir string) (*batchApplier, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
 	st, err := sqlitestore.Open(ctx, filepath.Join(dir, "syncd.db"), sqlitestore.Options{KeepLog: true})
+	if err != nil {
+		return nil, err
+	}
+	r := replica.New(replica.Config{ID: st.ReplicaID(), NS: "bench", Role: replica.RoleRegion, Clock: wallClock(),
+		Storage: st.Storage("bench"), State: replica.State{Vector: crdt.Vector{}}})
+	return &batchApplier{ctx: ctx, st: st, r: r, from: uuid.New(), src: wallClock()}, nil
+}
+
+// run applies k more batches.
+func (a *batchApplier) run(k int) error {
+	for range k {
+		m := remoteBatch(a.from, a.n, a.src)
+		start := time.Now()
+		if err := a.r.Step(m); err != nil {
+			return fmt.Errorf("step batch %d: %w", a.n, err)
+		}
+		rd := a.r.Ready()
+		if err := a.st.Save(a.ctx, []*replica.Ready{&rd}); err != nil {
+			return err
+		}
+		a.r.Advance()
+		a.busy += time.Since(start)
+		a.n++
+	}
+	return nil
+}
+
+func (a *batchApplier) rate() float64 { return float64(a.n*1000) / a.busy.Seconds() }
+
+// applyBatches applies n batches into a fresh region in dir.
+func applyBatches(ctx context.Context, dir string, n int) (float64, error) {
+	a, err := openBatchApplier(ctx, dir)
 	if err != nil {
 		return 0, err
 	}
-	defer st.Close()
-	clock := wallClock()
-	r := replica.New(replica.Config{ID: st.ReplicaID(), NS: "bench", Role: replica.RoleRegion, Clock: clock,
-		Storage: st.Storage("bench"), State: replica.State{Vector: crdt.Vector{}}})
-	from := uuid.New()
-	srcClock := wallClock()
-	var busy time.Duration
-	for b := 0; b < n; b++ {
-		m := remoteBatch(from, b, srcClock)
-		start := time.Now()
-		if err := r.Step(m); err != nil {
-			return 0, fmt.Errorf("step batch %d: %w", b, err)
-		}
-		rd := r.Ready()
-		if err := st.Save(ctx, []*replica.Ready{&rd}); err != nil {
-			return 0, err
-		}
-		r.Advance()
-		busy += time.Since(start)
+	defer a.st.Close()
+	if err := a.run(n); err != nil {
+		return 0, err
 	}
-	return float64(n*1000) / busy.Seconds(), nil
+	return a.rate(), nil
+}
+
+// applyVsRaw applies o.Batches batches and commits as many raw ones,
+// taking turns (o.Rounds), so both see the same machine.
+func applyVsRaw(ctx context.Context, o LocalOptions) (apply, raw float64, err error) {
+	rb, err := openRawBatches(filepath.Join(o.Dir, "rawbatch.db"))
+	if err != nil {
+		return 0, 0, err
+	}
+	defer rb.close()
+	ba, err := openBatchApplier(ctx, filepath.Join(o.Dir, "apply"))
+	if err != nil {
+		return 0, 0, err
+	}
+	defer ba.st.Close()
+	per := max(o.Batches/o.Rounds, 1)
+	for range o.Rounds {
+		if err := rb.run(per, rb.step); err != nil {
+			return 0, 0, fmt.Errorf("raw sqlite: %w", err)
+		}
+		if err := ba.run(per); err != nil {
+			return 0, 0, fmt.Errorf("apply: %w", err)
+		}
+	}
+	return ba.rate(), rb.rate(), nil
 }
 
 type loadResult struct {

@@ -23,7 +23,7 @@ func runBench(ctx context.Context, args []string) error {
 	fs.DurationVar(&lo.Duration, "duration", 3*time.Second, "length of each load phase")
 	fs.IntVar(&lo.RSSDocs, "rss-docs", 1_000_000, "documents for the RSS figure (0 skips it)")
 	fs.StringVar(&lo.Dir, "dir", "", "scratch directory (default a temporary one)")
-	fs.IntVar(&lo.Rounds, "rounds", 6, "local: turns the HTTP writes and the no-op baseline take within --duration")
+	fs.IntVar(&lo.Rounds, "rounds", 6, "local: turns each figure and its baseline take (store and raw writes, HTTP writes and the no-op handler within --duration, applied and raw batches)")
 	fs.BoolVar(&lo.SkipFull, "skip-full", false, "local: skip the synchronous=FULL phases")
 	fs.BoolVar(&lo.SkipHTTP, "skip-http", false, "local: skip the HTTP phases")
 	fs.BoolVar(&lo.SkipApply, "skip-apply", false, "local: skip the batch-apply phase")
