@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/syncd/syncd/internal/gcfloor"
 )
 
 const usage = `syncd: multi-leader CRDT sync for offline-capable apps
@@ -22,7 +24,13 @@ usage:
 run "syncd COMMAND -h" for a command's flags.
 `
 
+// gcFloor is the heap goal below which the collector does not run (see
+// package gcfloor): about ten times fewer collections while the heap is
+// small, at the cost of at most this much garbage held.
+const gcFloor = 32 << 20
+
 func main() {
+	defer gcfloor.Start(gcFloor)()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:]); err != nil {
