@@ -43,7 +43,8 @@ func (s store) apply(c *crdt.Change) {
 // document's fields sorted by name. A change costs one hash of the
 // collection and one of the document id, not one of the whole field key,
 // and a new field replaces the document's slice by one of the exact new
-// size, as MemStorage.putFields does.
+// size, as MemStorage.putFields does. A new field is made by
+// crdt.NewField, as the replica makes the fields it hands MemStorage.
 type memStore map[memColl]map[string][]memField
 
 type memColl struct{ ns, coll string }
@@ -67,13 +68,13 @@ func (s memStore) apply(c *crdt.Change) {
 	}
 	fs := docs[c.Doc]
 	i, ok := findField(fs, c.Field)
-	if !ok {
-		out := make([]memField, len(fs), len(fs)+1)
-		copy(out, fs)
-		fs = slices.Insert(out, i, memField{c.Field, &crdt.Field{}})
-		docs[c.Doc] = fs
+	if ok {
+		fs[i].state.Apply(c)
+		return
 	}
-	fs[i].state.Apply(c)
+	out := make([]memField, len(fs), len(fs)+1)
+	copy(out, fs)
+	docs[c.Doc] = slices.Insert(out, i, memField{c.Field, crdt.NewField(c)})
 }
 
 // fields lists the store's fields by key, the form the workload's
