@@ -109,7 +109,14 @@ func (s *ORSet) find(v []byte) (int, bool) {
 func (s *ORSet) apply(c *Change) bool {
 	i, ok := s.find(c.Value)
 	if !ok {
-		s.Elems = slices.Insert(s.Elems, i, Element{Value: c.Value})
+		e := Element{Value: c.Value}
+		if len(s.Elems) == 0 && cap(s.Elems) > 0 {
+			// newORSet's room for the first element's first add (see
+			// there): elements are never dropped, so an empty set with
+			// capacity is one newORSet has just made for c.
+			e.Adds = s.Elems[:1][0].Adds[:0]
+		}
+		s.Elems = slices.Insert(s.Elems, i, e)
 	}
 	e := &s.Elems[i]
 	changed := !ok
@@ -122,9 +129,6 @@ func (s *ORSet) apply(c *Change) bool {
 	}
 	if pruned {
 		e.Adds = slices.DeleteFunc(e.Adds, func(t Tag) bool { return e.Dead.Covers(t.Dot) })
-		if len(e.Adds) == 0 {
-			e.Adds = nil
-		}
 		changed = true
 	}
 	if c.Op == OpAdd {
@@ -134,6 +138,9 @@ func (s *ORSet) apply(c *Change) bool {
 			slices.SortFunc(e.Adds, func(a, b Tag) int { return cmpDot(a.Dot, b.Dot) })
 			changed = true
 		}
+	}
+	if len(e.Adds) == 0 {
+		e.Adds = nil // no adds is nil, one state (and newORSet's room, if unused, is let go)
 	}
 	return changed
 }
@@ -436,7 +443,7 @@ func (f *Field) Apply(c *Change) bool {
 	case OpAdd, OpRemove:
 		s := f.Set()
 		if s == nil {
-			s = newORSet()
+			s = newORSet(c)
 			f.st = pack(f.Reg(), s, f.Ctr())
 		}
 		changed = s.apply(c) || changed
@@ -449,6 +456,65 @@ func (f *Field) Apply(c *Change) bool {
 		changed = ct.apply(c) || changed
 	}
 	return changed
+}
+
+// NewField returns a new field holding change c, as applying c to an
+// empty Field would, with the field and its state in one allocation.
+// Most fields are made by one change and read back later: one
+// allocation less per new field, and the state next to the field in
+// memory, where Apply looks for it straight after loading the field.
+func NewField(c *Change) *Field {
+	switch c.Op {
+	case OpSet, OpResolve:
+		if len(c.Context) > 0 {
+			break // the dots it supersedes need a full Register
+		}
+		b := new(struct {
+			f   Field
+			one oneSib
+		})
+		b.one[0] = Sibling{Dot: c.Dot(), HLC: c.HLC, Value: c.Value}
+		b.f.st = &b.one
+		if st := c.Stamp(); b.f.Last.Less(st) {
+			b.f.Last, b.f.LastKind = st, c.Kind
+		}
+		return &b.f
+	case OpAdd:
+		b := new(struct {
+			f     Field
+			s     ORSet
+			first [1]Element
+			tag   [1]Tag
+		})
+		b.s.Elems = b.first[:0]
+		b.first[0].Adds = b.tag[:0] // see newORSet
+		b.f.st = &b.s
+		b.f.Apply(c)
+		return &b.f
+	case OpRemove:
+		b := new(struct {
+			f     Field
+			s     ORSet
+			first [1]Element
+		})
+		b.s.Elems = b.first[:0]
+		b.f.st = &b.s
+		b.f.Apply(c)
+		return &b.f
+	case OpIncr:
+		b := new(struct {
+			f     Field
+			ct    Counter
+			first [1]Part
+		})
+		b.ct.Parts = b.first[:0]
+		b.f.st = &b.ct
+		b.f.Apply(c)
+		return &b.f
+	}
+	f := &Field{}
+	f.Apply(c)
+	return f
 }
 
 // Clone returns a deep copy, so a replica can stage a change without
@@ -508,15 +574,29 @@ func (r *Register) clone() *Register {
 	return &b.r
 }
 
-// newORSet returns an empty set with room for its first element in the
-// same allocation: most sets are made by one change, and an allocation
-// less per new field is what applying to cold fields is short of.
-func newORSet() *ORSet {
+// newORSet returns an empty set for change c with room for its first
+// element in the same allocation, and if c is an add, room for that
+// element's first add too: most sets are made by one add, and an
+// allocation less per new field is what applying to cold fields is short
+// of. The room for the add waits in the first element's slot, past the
+// end of Elems, until ORSet.apply inserts that element. A set made by a
+// remove gets no such room: its element has no adds.
+func newORSet(c *Change) *ORSet {
+	if c.Op != OpAdd {
+		b := new(struct {
+			s     ORSet
+			first [1]Element
+		})
+		b.s.Elems = b.first[:0]
+		return &b.s
+	}
 	b := new(struct {
 		s     ORSet
 		first [1]Element
+		tag   [1]Tag
 	})
 	b.s.Elems = b.first[:0]
+	b.first[0].Adds = b.tag[:0]
 	return &b.s
 }
 

@@ -62,3 +62,44 @@ func TestFieldJSONUnchanged(t *testing.T) {
 		t.Fatalf("decoding gives another state")
 	}
 }
+
+// TestNewField checks that NewField is applying the change to an empty
+// field, for every op, with and without a context, and that the field it
+// makes merges on as one made by Apply does.
+func TestNewField(t *testing.T) {
+	a, b := uuid.UUID{0xa}, uuid.UUID{0xb}
+	ctx := []crdt.Dot{{Replica: b, Seq: 3}}
+	var cs []crdt.Change
+	for _, k := range []crdt.Kind{crdt.KindLWW, crdt.KindManual, crdt.KindORSet, crdt.KindCounter, crdt.KindNone} {
+		for _, op := range []crdt.Op{crdt.OpSet, crdt.OpResolve, crdt.OpAdd, crdt.OpRemove, crdt.OpIncr, crdt.OpDelete} {
+			for _, cx := range [][]crdt.Dot{nil, ctx} {
+				cs = append(cs,
+					crdt.Change{Origin: a, Seq: 1, HLC: 10, Kind: k, Op: op, Value: []byte(`"x"`), Context: cx, Total: 2},
+					crdt.Change{Kind: k, Op: op, Value: []byte(`1`), Context: cx}) // zero stamp
+			}
+		}
+	}
+	// A change whose context covers its own dot.
+	cs = append(cs, crdt.Change{Origin: b, Seq: 2, HLC: 11, Kind: crdt.KindORSet, Op: crdt.OpAdd, Value: []byte(`"y"`), Context: ctx})
+	next := []crdt.Change{
+		{Origin: b, Seq: 5, HLC: 20, Kind: crdt.KindLWW, Op: crdt.OpSet, Value: []byte(`"z"`), Context: []crdt.Dot{{Replica: a, Seq: 1}}},
+		{Origin: b, Seq: 6, HLC: 21, Kind: crdt.KindORSet, Op: crdt.OpAdd, Value: []byte(`"x"`)},
+		{Origin: b, Seq: 7, HLC: 22, Kind: crdt.KindORSet, Op: crdt.OpRemove, Value: []byte(`"x"`), Context: []crdt.Dot{{Replica: a, Seq: 1}}},
+		{Origin: b, Seq: 8, HLC: 23, Kind: crdt.KindCounter, Op: crdt.OpIncr, Value: []byte(`4`), Total: 4},
+	}
+	for i := range cs {
+		c := &cs[i]
+		want := &crdt.Field{}
+		want.Apply(c)
+		got := crdt.NewField(c)
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("NewField(%s %s, context %v) = %+v, applying it to an empty field gives %+v", c.Kind, c.Op, c.Context, got.State(), want.State())
+		}
+		for j := range next {
+			if gc, wc := got.Apply(&next[j]), want.Apply(&next[j]); gc != wc || !reflect.DeepEqual(got, want) {
+				t.Fatalf("after NewField(%s %s), applying %s %s gives %+v (changed %v), not %+v (changed %v)",
+					c.Kind, c.Op, next[j].Kind, next[j].Op, got.State(), gc, want.State(), wc)
+			}
+		}
+	}
+}

@@ -210,6 +210,28 @@ func (r *Replica) mutable(k crdt.FieldKey) (*crdt.Field, error) {
 	return f, nil
 }
 
+// applyField merges c into its field as mutable and Apply would, but a
+// field c creates is made by crdt.NewField: one allocation, the state
+// beside the field. Most changes a region receives create their field.
+func (r *Replica) applyField(c *crdt.Change) error {
+	k := c.Key()
+	f, ok := r.dirty[k]
+	if !ok {
+		cur, err := r.field(k)
+		if err != nil {
+			return err
+		}
+		if cur == nil {
+			r.dirty[k] = crdt.NewField(c)
+			return nil
+		}
+		f = cur.Clone()
+		r.dirty[k] = f
+	}
+	f.Apply(c)
+	return nil
+}
+
 func (r *Replica) hasDot(d crdt.Dot) (bool, error) {
 	if _, ok := r.dirtyDots[d]; ok {
 		return true, nil
@@ -416,11 +438,9 @@ func (r *Replica) applyRemote(c *crdt.Change) (bool, error) {
 			return false, err
 		}
 	}
-	f, err := r.mutable(c.Key())
-	if err != nil {
+	if err := r.applyField(c); err != nil {
 		return false, err
 	}
-	f.Apply(c)
 	r.dirtyDots[d] = struct{}{}
 	if c.Coll == resolver.SchemaColl {
 		delete(r.schemas, c.Doc)
