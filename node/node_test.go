@@ -25,8 +25,9 @@ import (
 // memStore adapts replica.MemStorage to node.Store: the loop's contract
 // (persist, then answer) is the same whatever the store.
 type memStore struct {
-	mu  sync.Mutex
-	nss map[string]*replica.MemStorage
+	mu     sync.Mutex // guards nss
+	nss    map[string]*replica.MemStorage
+	saving sync.Mutex // held while a MemStorage is written
 }
 
 func (m *memStore) get(ns string) *replica.MemStorage {
@@ -50,9 +51,29 @@ func (m *memStore) Load(_ context.Context, ns string) (replica.State, []crdt.Cha
 func (m *memStore) Storage(ns string) replica.Storage { return m.get(ns) }
 func (m *memStore) Save(_ context.Context, rds []*replica.Ready) error {
 	for _, rd := range rds {
-		m.get(rd.NS).Save(rd)
+		s := m.get(rd.NS)
+		m.saving.Lock()
+		s.Save(rd)
+		m.saving.Unlock()
 	}
 	return nil
+}
+
+func (m *memStore) seq(ns string) uint64 {
+	s := m.get(ns)
+	m.saving.Lock()
+	defer m.saving.Unlock()
+	return s.State.Seq
+}
+
+// doc reads a document from the test goroutine, while the node's loop
+// may be saving: MemStorage is the loop's alone, so the read waits for
+// any Save in progress.
+func (m *memStore) doc(k crdt.DocKey) (map[string]*crdt.Field, error) {
+	s := m.get(k.NS)
+	m.saving.Lock()
+	defer m.saving.Unlock()
+	return s.Doc(k)
 }
 
 type testRegion struct {
@@ -106,7 +127,7 @@ func TestTwoRegionsOverNATS(t *testing.T) {
 	if err := b.n.WaitFor(ctx, "shop", res.Token, time.Second); err != nil {
 		t.Fatalf("london never reached nyc's token: %v", err)
 	}
-	fs, _ := b.st.get("shop").Doc(crdt.DocKey{NS: "shop", Coll: "users", Doc: "u1"})
+	fs, _ := b.st.doc(crdt.DocKey{NS: "shop", Coll: "users", Doc: "u1"})
 	if v := resolver.Render("u1", fs, nil); string(v.Fields["title"]) != `"Senior"` {
 		t.Fatalf("london has %s", v.Fields["title"])
 	}
@@ -138,7 +159,7 @@ func TestGroupCommitAnswersEveryWriter(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	if got := a.st.get("shop").State.Seq; got != 64 {
+	if got := a.st.seq("shop"); got != 64 {
 		t.Fatalf("store holds seq %d after 64 acknowledged writes", got)
 	}
 }
