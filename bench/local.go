@@ -202,8 +202,9 @@ func (c *counted) runFor(d time.Duration, step func(i int) error) error {
 
 func (c *counted) rate() float64 { return float64(c.n) / c.el.Seconds() }
 
-// rawTxns is the baseline: one-row transactions, a prepared upsert, on a
-// plain SQLite database with the store's pragmas.
+// rawTxns is the baseline: prepared upserts into a plain SQLite table
+// with the store's pragmas, in one-row transactions (step) or in
+// transactions of 1,000 rows (batch).
 type rawTxns struct {
 	db   *sql.DB
 	stmt *sql.Stmt
@@ -224,51 +225,20 @@ func openRawTxns(path, sync string) (*rawTxns, error) {
 	return &rawTxns{db: db, stmt: stmt, val: bytes.Repeat([]byte("x"), 64)}, nil
 }
 
-func (r *rawTxns) step(i int) error {
-	tx, err := r.db.Begin()
-	if err != nil {
-		return err
-	}
-	if _, err := tx.Stmt(r.stmt).Exec("k"+strconv.Itoa(i), r.val); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
-}
+// step commits row i alone.
+func (r *rawTxns) step(i int) error { return r.commit(i, 1) }
 
-func (r *rawTxns) close() { r.stmt.Close(); r.db.Close() }
+// batch commits rows 1,000·b to 1,000·b+999 together.
+func (r *rawTxns) batch(b int) error { return r.commit(b*1000, 1000) }
 
-// rawBatches is the baseline for applying batches: transactions of
-// 1,000 upserts each into a plain table with the store's pragmas.
-type rawBatches struct {
-	db   *sql.DB
-	stmt *sql.Stmt
-	val  []byte
-	counted
-}
-
-func openRawBatches(path string) (*rawBatches, error) {
-	db, err := openRaw(path, "NORMAL")
-	if err != nil {
-		return nil, fmt.Errorf("raw sqlite: %w", err)
-	}
-	stmt, err := db.Prepare(`INSERT INTO t (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v`)
-	if err != nil {
-		db.Close()
-		return nil, err
-	}
-	return &rawBatches{db: db, stmt: stmt, val: bytes.Repeat([]byte("x"), 64)}, nil
-}
-
-// step commits batch b.
-func (r *rawBatches) step(b int) error {
+func (r *rawTxns) commit(from, n int) error {
 	tx, err := r.db.Begin()
 	if err != nil {
 		return err
 	}
 	ts := tx.Stmt(r.stmt)
-	for i := 0; i < 1000; i++ {
-		if _, err := ts.Exec("k"+strconv.Itoa(b*1000+i), r.val); err != nil {
+	for i := from; i < from+n; i++ {
+		if _, err := ts.Exec("k"+strconv.Itoa(i), r.val); err != nil {
 			tx.Rollback()
 			return err
 		}
@@ -276,9 +246,7 @@ func (r *rawBatches) step(b int) error {
 	return tx.Commit()
 }
 
-func (r *rawBatches) rate() float64 { return 1000 * r.counted.rate() }
-
-func (r *rawBatches) close() { r.stmt.Close(); r.db.Close() }
+func (r *rawTxns) close() { r.stmt.Close(); r.db.Close() }
 
 func wallClock() *hlc.Clock {
 	return hlc.NewClock(func() int64 { return time.Now().UnixMilli() }, 0)
@@ -418,7 +386,7 @@ func applyBatches(ctx context.Context, dir string, n int) (float64, error) {
 // applyVsRaw applies o.Batches batches and commits as many raw ones,
 // taking turns (o.Rounds), so both see the same machine.
 func applyVsRaw(ctx context.Context, o LocalOptions) (apply, raw float64, err error) {
-	rb, err := openRawBatches(filepath.Join(o.Dir, "rawbatch.db"))
+	rb, err := openRawTxns(filepath.Join(o.Dir, "rawbatch.db"), "NORMAL")
 	if err != nil {
 		return 0, 0, err
 	}
@@ -430,14 +398,14 @@ func applyVsRaw(ctx context.Context, o LocalOptions) (apply, raw float64, err er
 	defer ba.st.Close()
 	per := max(o.Batches/o.Rounds, 1)
 	for range o.Rounds {
-		if err := rb.run(per, rb.step); err != nil {
+		if err := rb.run(per, rb.batch); err != nil {
 			return 0, 0, fmt.Errorf("raw sqlite: %w", err)
 		}
 		if err := ba.run(per); err != nil {
 			return 0, 0, fmt.Errorf("apply: %w", err)
 		}
 	}
-	return ba.rate(), rb.rate(), nil
+	return ba.rate(), 1000 * rb.rate(), nil
 }
 
 type loadResult struct {
