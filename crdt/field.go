@@ -443,7 +443,7 @@ func (f *Field) Apply(c *Change) bool {
 	case OpAdd, OpRemove:
 		s := f.Set()
 		if s == nil {
-			s = newORSet(c)
+			s = newORSet()
 			f.st = pack(f.Reg(), s, f.Ctr())
 		}
 		changed = s.apply(c) || changed
@@ -479,7 +479,7 @@ func NewField(c *Change) *Field {
 			b.f.Last, b.f.LastKind = st, c.Kind
 		}
 		return &b.f
-	case OpAdd:
+	case OpAdd, OpRemove:
 		b := new(struct {
 			f     Field
 			s     ORSet
@@ -488,16 +488,6 @@ func NewField(c *Change) *Field {
 		})
 		b.s.Elems = b.first[:0]
 		b.first[0].Adds = b.tag[:0] // see newORSet
-		b.f.st = &b.s
-		b.f.Apply(c)
-		return &b.f
-	case OpRemove:
-		b := new(struct {
-			f     Field
-			s     ORSet
-			first [1]Element
-		})
-		b.s.Elems = b.first[:0]
 		b.f.st = &b.s
 		b.f.Apply(c)
 		return &b.f
@@ -574,22 +564,13 @@ func (r *Register) clone() *Register {
 	return &b.r
 }
 
-// newORSet returns an empty set for change c with room for its first
-// element in the same allocation, and if c is an add, room for that
-// element's first add too: most sets are made by one add, and an
-// allocation less per new field is what applying to cold fields is short
-// of. The room for the add waits in the first element's slot, past the
-// end of Elems, until ORSet.apply inserts that element. A set made by a
-// remove gets no such room: its element has no adds.
-func newORSet(c *Change) *ORSet {
-	if c.Op != OpAdd {
-		b := new(struct {
-			s     ORSet
-			first [1]Element
-		})
-		b.s.Elems = b.first[:0]
-		return &b.s
-	}
+// newORSet returns an empty set with room for its first element, and for
+// that element's first add, in the same allocation: most sets are made
+// by one add, and an allocation less per new field is what applying to
+// cold fields is short of. The room for the add waits in the first
+// element's slot, past the end of Elems, until ORSet.apply inserts that
+// element; an element made by a remove leaves it unused.
+func newORSet() *ORSet {
 	b := new(struct {
 		s     ORSet
 		first [1]Element
