@@ -192,44 +192,27 @@ func (r *Replica) prefetch(m Message, cs []crdt.Change) error {
 }
 
 // mutable returns a field state this replica may change: dirty ones are
-// its own; anything else is copied first.
-func (r *Replica) mutable(k crdt.FieldKey) (*crdt.Field, error) {
+// its own; anything else is copied first. A field with no state yet is
+// made from c when c is given, by crdt.NewField (the field and its state
+// in one allocation: most changes a region receives create their field),
+// and made reports that c is in it already.
+func (r *Replica) mutable(k crdt.FieldKey, c *crdt.Change) (f *crdt.Field, made bool, err error) {
 	if f, ok := r.dirty[k]; ok {
-		return f, nil
+		return f, false, nil
 	}
-	f, err := r.field(k)
-	if err != nil {
-		return nil, err
-	}
-	if f == nil {
-		f = &crdt.Field{}
-	} else {
+	f, err = r.field(k)
+	switch {
+	case err != nil:
+		return nil, false, err
+	case f != nil:
 		f = f.Clone()
+	case c != nil:
+		f, made = crdt.NewField(c), true
+	default:
+		f = &crdt.Field{}
 	}
 	r.dirty[k] = f
-	return f, nil
-}
-
-// applyField merges c into its field as mutable and Apply would, but a
-// field c creates is made by crdt.NewField: one allocation, the state
-// beside the field. Most changes a region receives create their field.
-func (r *Replica) applyField(c *crdt.Change) error {
-	k := c.Key()
-	f, ok := r.dirty[k]
-	if !ok {
-		cur, err := r.field(k)
-		if err != nil {
-			return err
-		}
-		if cur == nil {
-			r.dirty[k] = crdt.NewField(c)
-			return nil
-		}
-		f = cur.Clone()
-		r.dirty[k] = f
-	}
-	f.Apply(c)
-	return nil
+	return f, made, nil
 }
 
 func (r *Replica) hasDot(d crdt.Dot) (bool, error) {
@@ -438,8 +421,12 @@ func (r *Replica) applyRemote(c *crdt.Change) (bool, error) {
 			return false, err
 		}
 	}
-	if err := r.applyField(c); err != nil {
+	f, made, err := r.mutable(c.Key(), c)
+	if err != nil {
 		return false, err
+	}
+	if !made {
+		f.Apply(c)
 	}
 	r.dirtyDots[d] = struct{}{}
 	if c.Coll == resolver.SchemaColl {

@@ -102,7 +102,7 @@ func (r *Replica) Restamp(floor hlc.Timestamp) ([]crdt.Change, error) {
 	}
 	for i := range fresh {
 		n := &fresh[i]
-		f, err := r.mutable(n.Key())
+		f, _, err := r.mutable(n.Key(), nil)
 		if err != nil {
 			return nil, err
 		}
