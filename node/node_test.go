@@ -23,16 +23,16 @@ import (
 )
 
 // memStore adapts replica.MemStorage to node.Store: the loop's contract
-// (persist, then answer) is the same whatever the store.
+// (persist, then answer) is the same whatever the store. The loop reads
+// and saves without the lock (it is the only writer); the test's own
+// reads (read) take it, as Save does.
 type memStore struct {
-	mu     sync.Mutex // guards nss
-	nss    map[string]*replica.MemStorage
-	saving sync.Mutex // held while a MemStorage is written
+	mu  sync.Mutex
+	nss map[string]*replica.MemStorage
 }
 
+// get returns ns's storage, made on first use. Caller holds mu.
 func (m *memStore) get(ns string) *replica.MemStorage {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.nss == nil {
 		m.nss = map[string]*replica.MemStorage{}
 	}
@@ -44,36 +44,31 @@ func (m *memStore) get(ns string) *replica.MemStorage {
 	return s
 }
 
-func (m *memStore) Load(_ context.Context, ns string) (replica.State, []crdt.Change, error) {
-	s := m.get(ns)
-	return s.State, s.Outbox, nil
+// read runs fn on ns's storage under the lock, from the test goroutine
+// while the node's loop may be saving.
+func (m *memStore) read(ns string, fn func(s *replica.MemStorage)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	fn(m.get(ns))
 }
-func (m *memStore) Storage(ns string) replica.Storage { return m.get(ns) }
+
+func (m *memStore) Load(_ context.Context, ns string) (st replica.State, outbox []crdt.Change, err error) {
+	m.read(ns, func(s *replica.MemStorage) { st, outbox = s.State, s.Outbox })
+	return st, outbox, nil
+}
+
+func (m *memStore) Storage(ns string) (st replica.Storage) {
+	m.read(ns, func(s *replica.MemStorage) { st = s })
+	return st
+}
+
 func (m *memStore) Save(_ context.Context, rds []*replica.Ready) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	for _, rd := range rds {
-		s := m.get(rd.NS)
-		m.saving.Lock()
-		s.Save(rd)
-		m.saving.Unlock()
+		m.get(rd.NS).Save(rd)
 	}
 	return nil
-}
-
-func (m *memStore) seq(ns string) uint64 {
-	s := m.get(ns)
-	m.saving.Lock()
-	defer m.saving.Unlock()
-	return s.State.Seq
-}
-
-// doc reads a document from the test goroutine, while the node's loop
-// may be saving: MemStorage is the loop's alone, so the read waits for
-// any Save in progress.
-func (m *memStore) doc(k crdt.DocKey) (map[string]*crdt.Field, error) {
-	s := m.get(k.NS)
-	m.saving.Lock()
-	defer m.saving.Unlock()
-	return s.Doc(k)
 }
 
 type testRegion struct {
@@ -127,7 +122,8 @@ func TestTwoRegionsOverNATS(t *testing.T) {
 	if err := b.n.WaitFor(ctx, "shop", res.Token, time.Second); err != nil {
 		t.Fatalf("london never reached nyc's token: %v", err)
 	}
-	fs, _ := b.st.doc(crdt.DocKey{NS: "shop", Coll: "users", Doc: "u1"})
+	var fs map[string]*crdt.Field
+	b.st.read("shop", func(s *replica.MemStorage) { fs, _ = s.Doc(crdt.DocKey{NS: "shop", Coll: "users", Doc: "u1"}) })
 	if v := resolver.Render("u1", fs, nil); string(v.Fields["title"]) != `"Senior"` {
 		t.Fatalf("london has %s", v.Fields["title"])
 	}
@@ -159,7 +155,9 @@ func TestGroupCommitAnswersEveryWriter(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	if got := a.st.seq("shop"); got != 64 {
+	var got uint64
+	a.st.read("shop", func(s *replica.MemStorage) { got = s.State.Seq })
+	if got != 64 {
 		t.Fatalf("store holds seq %d after 64 acknowledged writes", got)
 	}
 }
