@@ -45,7 +45,14 @@ func (s store) apply(c *crdt.Change) {
 // and a new field replaces the document's slice by one of the exact new
 // size, as MemStorage.putFields does. A new field is made by
 // crdt.NewField, as the replica makes the fields it hands MemStorage.
-type memStore map[memColl]map[string][]memField
+type memStore struct {
+	colls map[memColl]map[string][]memField
+	// The collection looked up last, as MemStorage.coll keeps it.
+	last     memColl
+	lastDocs map[string][]memField
+}
+
+func newMemStore() *memStore { return &memStore{colls: map[memColl]map[string][]memField{}} }
 
 type memColl struct{ ns, coll string }
 
@@ -59,12 +66,15 @@ func findField(fs []memField, name string) (int, bool) {
 	return slices.BinarySearchFunc(fs, name, func(f memField, n string) int { return strings.Compare(f.name, n) })
 }
 
-func (s memStore) apply(c *crdt.Change) {
+func (s *memStore) apply(c *crdt.Change) {
 	ck := memColl{c.NS, c.Coll}
-	docs := s[ck]
-	if docs == nil {
-		docs = map[string][]memField{}
-		s[ck] = docs
+	docs := s.lastDocs
+	if docs == nil || ck != s.last {
+		if docs = s.colls[ck]; docs == nil {
+			docs = map[string][]memField{}
+			s.colls[ck] = docs
+		}
+		s.last, s.lastDocs = ck, docs
 	}
 	fs := docs[c.Doc]
 	i, ok := findField(fs, c.Field)
@@ -79,9 +89,9 @@ func (s memStore) apply(c *crdt.Change) {
 
 // fields lists the store's fields by key, the form the workload's
 // converged state comes in.
-func (s memStore) fields() map[crdt.FieldKey]*crdt.Field {
+func (s *memStore) fields() map[crdt.FieldKey]*crdt.Field {
 	out := map[crdt.FieldKey]*crdt.Field{}
-	for ck, docs := range s {
+	for ck, docs := range s.colls {
 		for id, fs := range docs {
 			for _, f := range fs {
 				out[crdt.FieldKey{NS: ck.ns, Coll: ck.coll, Doc: id, Field: f.name}] = f.state
@@ -115,7 +125,7 @@ func BenchmarkApply(b *testing.B) {
 		run  func(cs []crdt.Change)
 	}{
 		{"memstorage", func(cs []crdt.Change) {
-			s := memStore{}
+			s := newMemStore()
 			for i := range cs {
 				s.apply(&cs[i])
 			}
@@ -157,7 +167,7 @@ func TestApplyWorkloadConverges(t *testing.T) {
 	for _, bk := range benchKinds {
 		w := workload.Config{Kinds: bk.kinds, Writers: 4, Docs: 50, Ops: 5_000, Every: 100, Seed: 7}
 		cs, want := w.Changes()
-		s, ms := store{}, memStore{}
+		s, ms := store{}, newMemStore()
 		for i := range cs {
 			s.apply(&cs[i])
 			ms.apply(&cs[i])

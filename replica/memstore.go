@@ -17,11 +17,16 @@ type MemStorage struct {
 	// hold every document in memory: a slice of five named pointers takes
 	// 128 bytes where a map of them took 256, and a map slot keyed by the
 	// id alone is 32 bytes smaller than one keyed by the whole DocKey.
-	docs   map[collKey]map[string][]memField
-	Dots   DotSet
-	Logs   map[crdt.ReplicaID][]crdt.Change // per region, in RSeq order
-	State  State
-	Outbox []crdt.Change
+	docs map[collKey]map[string][]memField
+	// last and lastDocs remember the collection looked up last: a batch
+	// is mostly of one collection, and hashing its two names for every
+	// change was a tenth of applying a change to a new field.
+	last     collKey
+	lastDocs map[string][]memField
+	Dots     DotSet
+	Logs     map[crdt.ReplicaID][]crdt.Change // per region, in RSeq order
+	State    State
+	Outbox   []crdt.Change
 }
 
 var _ Storage = (*MemStorage)(nil)
@@ -37,6 +42,25 @@ func NewMemStorage() *MemStorage {
 
 type collKey struct{ ns, coll string }
 
+// coll returns the documents of a collection, made if create is set
+// (nil if not and there are none).
+func (m *MemStorage) coll(ns, coll string, create bool) map[string][]memField {
+	ck := collKey{ns, coll}
+	if m.lastDocs != nil && ck == m.last {
+		return m.lastDocs
+	}
+	docs := m.docs[ck]
+	if docs == nil {
+		if !create {
+			return nil
+		}
+		docs = map[string][]memField{}
+		m.docs[ck] = docs
+	}
+	m.last, m.lastDocs = ck, docs
+	return docs
+}
+
 // memField is one field of a stored document.
 type memField struct {
 	name  string
@@ -49,7 +73,7 @@ func find(fs []memField, name string) (int, bool) {
 }
 
 func (m *MemStorage) Field(k crdt.FieldKey) (*crdt.Field, error) {
-	fs := m.docs[collKey{k.NS, k.Coll}][k.Doc]
+	fs := m.coll(k.NS, k.Coll, false)[k.Doc]
 	if i, ok := find(fs, k.Field); ok {
 		return fs[i].state, nil
 	}
@@ -61,7 +85,7 @@ func (m *MemStorage) Doc(k crdt.DocKey) (map[string]*crdt.Field, error) { return
 // DocFields returns a new map of the document's fields (nil if it has
 // none).
 func (m *MemStorage) DocFields(k crdt.DocKey) map[string]*crdt.Field {
-	fs := m.docs[collKey{k.NS, k.Coll}][k.Doc]
+	fs := m.coll(k.NS, k.Coll, false)[k.Doc]
 	if fs == nil {
 		return nil
 	}
@@ -93,12 +117,7 @@ func (m *MemStorage) PutField(k crdt.FieldKey, f *crdt.Field) {
 // merged in with one allocation of the exact size: most documents are
 // written once, all fields together, and never grow again.
 func (m *MemStorage) putFields(dk crdt.DocKey, us []FieldUpdate) {
-	ck := collKey{dk.NS, dk.Coll}
-	docs := m.docs[ck]
-	if docs == nil {
-		docs = map[string][]memField{}
-		m.docs[ck] = docs
-	}
+	docs := m.coll(dk.NS, dk.Coll, true)
 	fs := docs[dk.Doc]
 	added := 0
 	for _, u := range us {
