@@ -183,7 +183,8 @@ func (m *MemStorage) Save(rd *Ready) {
 			}
 		}
 	}
-	// A Ready's fields are sorted by key, so a document's are together.
+	// A Ready's fields are in the order they were changed, so a
+	// document's are mostly together: each run is stored in one go.
 	for us := rd.Fields; len(us) > 0; {
 		dk := us[0].Key.DocKey()
 		n := 1

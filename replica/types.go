@@ -148,7 +148,8 @@ type Ready struct {
 	// stamped, is appended to the log under (Region, RSeq). A change seen
 	// before under another stamp appears again with the new stamp only.
 	Log []crdt.Change
-	// Fields are the field states that changed.
+	// Fields are the field states that changed, each once, in the order
+	// they were first changed since the last Ready.
 	Fields []FieldUpdate
 	// Outbox (devices) are own changes to keep until a region
 	// acknowledges them; OutboxDone are those now acknowledged.
