@@ -69,6 +69,8 @@ type Replica struct {
 	dirty, inflight         map[crdt.FieldKey]*crdt.Field
 	dirtyKeys               []crdt.FieldKey
 	dirtyDots, inflightDots map[crdt.Dot]struct{}
+	spare                   map[crdt.FieldKey]*crdt.Field // the last round's maps, emptied, for the next
+	spareDots               map[crdt.Dot]struct{}
 	stateDirty              bool
 	rd                      Ready
 	cycleBase               crdt.Vector // vector when the current Ready began
@@ -837,6 +839,10 @@ func (r *Replica) push(cs []crdt.Change) {
 	}
 }
 
+// maxKept bounds the buffers a replica keeps from one round for the
+// next: a burst's worth need not be held for good.
+const maxKept = 4096
+
 // HasReady reports whether Ready has anything to hand out.
 func (r *Replica) HasReady() bool {
 	return !r.readyOut && (len(r.dirty) > 0 || r.stateDirty || !r.rd.IsEmpty())
@@ -861,12 +867,19 @@ func (r *Replica) Ready() Ready {
 	if r.cfg.Role == RoleRegion {
 		r.batches(&rd)
 	}
-	// The next round is likely the size of this one: sizing its maps
-	// now spares them growing (and rehashing) change by change.
-	r.inflight, r.dirty = r.dirty, make(map[crdt.FieldKey]*crdt.Field, len(r.dirty))
-	r.inflightDots, r.dirtyDots = r.dirtyDots, make(map[crdt.Dot]struct{}, len(r.dirtyDots))
+	// The next round is likely the size of this one: it gets the maps
+	// of the round before, emptied by Advance (or, after a burst, maps of
+	// this round's size), so they neither grow change by change nor are
+	// made anew every round.
+	r.inflight, r.dirty = r.dirty, r.spare
+	r.inflightDots, r.dirtyDots = r.dirtyDots, r.spareDots
+	if r.dirty == nil {
+		r.dirty = make(map[crdt.FieldKey]*crdt.Field, len(r.inflight))
+		r.dirtyDots = make(map[crdt.Dot]struct{}, len(r.inflightDots))
+	}
+	r.spare, r.spareDots = nil, nil
 	clear(r.dirtyKeys) // let the keys' strings go
-	if cap(r.dirtyKeys) > 4096 {
+	if cap(r.dirtyKeys) > maxKept {
 		r.dirtyKeys = nil // a burst's worth need not be kept
 	}
 	r.dirtyKeys = r.dirtyKeys[:0]
@@ -879,7 +892,6 @@ func (r *Replica) Ready() Ready {
 // batches adds the live publish of this region's own stamps and the
 // fan-out of everything newly held.
 func (r *Replica) batches(rd *Ready) {
-	var stamped []crdt.Change
 	fan := Message{Type: MsgBatch, Base: crdt.Vector{}, Head: crdt.Vector{}}
 	for reg, n := range r.vector {
 		if b := r.cycleBase[reg]; n > b {
@@ -889,38 +901,53 @@ func (r *Replica) batches(rd *Ready) {
 	if len(fan.Head) == 0 {
 		return
 	}
-	n := 0
-	for i := range rd.Log {
-		if rd.Log[i].Region != uuid.Nil {
-			n++
-		}
-	}
-	stamped = make([]crdt.Change, 0, n)
-	for _, c := range rd.Log {
-		if c.Region != uuid.Nil {
-			stamped = append(stamped, c)
-		}
-	}
+	stamped := onlyFunc(rd.Log, func(c *crdt.Change) bool { return c.Region != uuid.Nil })
 	fan.Changes = stamped
 	fan.NS, fan.From = r.ns, r.id
 	rd.Fanout = &fan
 	if n, b := r.vector[r.id], r.cycleBase[r.id]; n > b {
 		pub := Message{Type: MsgBatch, Base: crdt.Vector{r.id: b}, Head: crdt.Vector{r.id: n}}
-		for _, c := range stamped {
-			if c.Region == r.id {
-				pub.Changes = append(pub.Changes, c)
-			}
-		}
+		pub.Changes = onlyFunc(stamped, func(c *crdt.Change) bool { return c.Region == r.id })
 		r.send(pub)
 		rd.Messages = append(rd.Messages, r.rd.Messages...)
 		r.rd.Messages = nil
 	}
 }
 
+// onlyFunc returns the changes of cs that keep reports true. When that is
+// all of them (every change of a region's own writes, or of a batch from
+// a peer) it is cs itself, capped so an append cannot write into it: a
+// Ready is read-only once handed out, and copying every change once for
+// the fan-out and again for the publish was a tenth of what stepping a
+// batch allocated.
+func onlyFunc(cs []crdt.Change, keep func(*crdt.Change) bool) []crdt.Change {
+	n := 0
+	for i := range cs {
+		if keep(&cs[i]) {
+			n++
+		}
+	}
+	if n == len(cs) {
+		return cs[:n:n]
+	}
+	out := make([]crdt.Change, 0, n)
+	for i := range cs {
+		if keep(&cs[i]) {
+			out = append(out, cs[i])
+		}
+	}
+	return out
+}
+
 // Advance tells the replica the last Ready is persisted and sent.
 func (r *Replica) Advance() {
 	if r.readyState != nil {
 		r.durable = r.readyState.Vector.Clone()
+	}
+	if len(r.inflight) <= maxKept && len(r.inflightDots) <= maxKept {
+		clear(r.inflight) // let the states go
+		clear(r.inflightDots)
+		r.spare, r.spareDots = r.inflight, r.inflightDots
 	}
 	r.inflight, r.inflightDots = nil, nil
 	r.readyOut, r.readyState = false, nil
