@@ -46,6 +46,12 @@ func TestFieldsMatchesField(t *testing.T) {
 		keys = append(keys, key("new", i))
 	}
 	keys = append(keys, key("small", 3)) // asked twice
+	// Keys no store can hold (Save refuses such names) are read as
+	// absent, not as an error: they travel as JSON text, and must not
+	// break it.
+	for _, doc := range []string{`q"uote`, `back\slash`, `"`, `\`, "café", "\xff\xfe", `\u0041`} {
+		keys = append(keys, key(doc, 0))
+	}
 	got, err := st.(replica.FieldBatcher).Fields(keys)
 	if err != nil {
 		t.Fatal(err)
