@@ -3,6 +3,7 @@ package sqlitestore
 import (
 	"fmt"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/syncd/syncd/crdt"
@@ -72,4 +73,39 @@ func TestFieldsMatchesField(t *testing.T) {
 	if held != 24 || len(got) != 23 {
 		t.Fatalf("%d keys held, %d read; want 24 and 23 (one asked twice)", held, len(got))
 	}
+}
+
+// FuzzFieldsKeys: whatever the names asked for, the batched read finds
+// exactly the stored field and fails on nothing. Keys travel to SQLite
+// as JSON text (qFieldsJSON), so a name that broke the JSON would fail
+// the whole batch, and one that escaped wrongly could read another key.
+func FuzzFieldsKeys(f *testing.F) {
+	s := openTest(f, Options{})
+	c := own(regA, 1, "d", "f", `"v"`)
+	c.NS = "ns"
+	save(f, s, &replica.Ready{NS: "ns", Fields: fieldsOf(c)})
+	st := s.Storage("ns").(replica.FieldBatcher)
+	held := c.Key()
+	for _, doc := range []string{"d", `d"`, `d\`, `\"`, "café", "\xff", `\u0064`, "d f", "[", "]", ","} {
+		f.Add("items", doc, "f")
+	}
+	f.Fuzz(func(t *testing.T, coll, doc, field string) {
+		k := crdt.FieldKey{NS: "ns", Coll: coll, Doc: doc, Field: field}
+		// Many keys of one document take the range read; the fuzzed key
+		// alone, and next to the held one, takes the JSON join.
+		for _, keys := range [][]crdt.FieldKey{{k}, {held, k}, {k, held}} {
+			got, err := st.Fields(keys)
+			if err != nil {
+				t.Fatalf("Fields(%q): %v", keys, err)
+			}
+			for fk := range got {
+				if fk != held {
+					t.Fatalf("Fields(%q) read %q, which is not stored", keys, fk)
+				}
+			}
+			if want := slices.Contains(keys, held); (got[held] != nil) != want {
+				t.Fatalf("Fields(%q): held field read %v, want %v", keys, got[held] != nil, want)
+			}
+		}
+	})
 }

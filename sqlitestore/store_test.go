@@ -60,7 +60,7 @@ func count(t *testing.T, s *Store, table string) int {
 	return n
 }
 
-func save(t *testing.T, s *Store, rds ...*replica.Ready) {
+func save(t testing.TB, s *Store, rds ...*replica.Ready) {
 	t.Helper()
 	if err := s.Save(context.Background(), rds); err != nil {
 		t.Fatal(err)
