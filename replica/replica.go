@@ -84,8 +84,11 @@ type Replica struct {
 	schemas map[string]resolver.Schema
 	tick    int
 	syncing map[crdt.ReplicaID]int // peer -> tick a sync request went out
-	peers   map[crdt.ReplicaID]*Peer
-	newest  map[crdt.ReplicaID]hlc.Timestamp // per region stamp: newest HLC applied
+	// asked holds, per peer, the vector the latest sync request to it
+	// asked from (see leadsOn).
+	asked  map[crdt.ReplicaID]crdt.Vector
+	peers  map[crdt.ReplicaID]*Peer
+	newest map[crdt.ReplicaID]hlc.Timestamp // per region stamp: newest HLC applied
 
 	// Devices only.
 	outbox   []crdt.Change
@@ -125,7 +128,7 @@ func New(cfg Config) *Replica {
 		vector: cfg.State.Vector.Clone(), durable: cfg.State.Vector.Clone(), seq: cfg.State.Seq,
 		dirty: map[crdt.FieldKey]*crdt.Field{}, dirtyDots: map[crdt.Dot]struct{}{},
 		schemas: map[string]resolver.Schema{}, syncing: map[crdt.ReplicaID]int{},
-		peers: map[crdt.ReplicaID]*Peer{}, newest: map[crdt.ReplicaID]hlc.Timestamp{},
+		asked: map[crdt.ReplicaID]crdt.Vector{}, peers: map[crdt.ReplicaID]*Peer{}, newest: map[crdt.ReplicaID]hlc.Timestamp{},
 		outbox: slices.Clone(cfg.Outbox), pushed: map[crdt.Dot]int{},
 	}
 	r.clock.Restore(cfg.State.HLC)
@@ -551,7 +554,12 @@ func (r *Replica) stepBatch(m Message) error {
 	if r.cfg.Role == RoleDevice && m.From != r.upstream {
 		return nil // from a region this device has left; its catch-up will cover it
 	}
-	if m.Sync {
+	// An answer to an older request is applied like any batch, but it
+	// neither ends the request in flight nor leads anywhere: following it
+	// too would run a second catch-up alongside the first, pulling every
+	// page twice, and one more for every retry of a long catch-up.
+	answer := m.Sync && r.leadsOn(m)
+	if answer {
 		delete(r.syncing, m.From)
 	}
 	if err := r.prefetch(m, m.Changes); err != nil {
@@ -605,11 +613,11 @@ func (r *Replica) stepBatch(m Message) error {
 	switch {
 	case gap:
 		r.requestSync(m.From, false)
-	case m.Sync && m.More && skewErr == nil:
+	case answer && m.More && skewErr == nil:
 		r.requestSync(m.From, true)
-	case m.Sync && skewErr == nil && r.cfg.Role == RoleDevice:
+	case answer && skewErr == nil && r.cfg.Role == RoleDevice:
 		r.synced = true
-	case m.Sync && skewErr == nil:
+	case answer && skewErr == nil:
 		r.nextCatchUp()
 	}
 	if skewErr != nil {
@@ -756,7 +764,29 @@ func (r *Replica) requestSync(peer crdt.ReplicaID, force bool) {
 		}
 	}
 	r.syncing[peer] = r.tick
+	r.asked[peer] = r.vector.Clone()
 	r.send(Message{Type: MsgSyncReq, To: peer, Vector: r.vector.Clone(), Colls: r.colls, Limit: r.cfg.PageSize})
+}
+
+// leadsOn reports whether sync answer m is one to follow: a page starts
+// where its request asked from, so its base, in every region it carries,
+// is either the vector of the latest request made to its sender, or this
+// replica's own vector (a request made on its behalf, such as the Go
+// SDK's "sync now"). An answer to an older request is neither once the
+// replica has moved on; two answers to the same request, only the first
+// is, since it moves the vector. (An empty last page carries no region
+// and is always followed: it only says the sender had nothing more.)
+func (r *Replica) leadsOn(m Message) bool {
+	starts := func(v crdt.Vector) bool {
+		for reg, b := range m.Base {
+			if v[reg] != b {
+				return false
+			}
+		}
+		return true
+	}
+	v, ok := r.asked[m.From]
+	return (ok && starts(v)) || starts(r.vector)
 }
 
 // nextCatchUp follows a finished catch-up with the next peer still known
@@ -818,6 +848,7 @@ func (r *Replica) Connect(region crdt.ReplicaID, colls []string) {
 	r.upstream, r.colls, r.synced = region, slices.Clone(colls), false
 	clear(r.pushed)
 	clear(r.syncing)
+	clear(r.asked)
 	r.requestSync(region, true)
 	r.push(r.outbox)
 }
@@ -826,6 +857,7 @@ func (r *Replica) Connect(region crdt.ReplicaID, colls []string) {
 func (r *Replica) Disconnect() {
 	r.upstream, r.synced = uuid.Nil, false
 	clear(r.syncing)
+	clear(r.asked)
 }
 
 func (r *Replica) push(cs []crdt.Change) {

@@ -149,6 +149,9 @@ func TestSimCalm(t *testing.T) {
 			Dup:      rapid.Float64Range(0, 0.3).Draw(t, "dup"),
 			Docs:     rapid.IntRange(1, 4).Draw(t, "docs"),
 			PageSize: rapid.IntRange(1, 64).Draw(t, "page"),
+			// Down to a retry every tick: a catch-up outlives it, and
+			// answers to the requests it replaced still arrive.
+			RetryTicks: rapid.IntRange(1, 8).Draw(t, "retry"),
 		}
 		res, err := cfg.Run(rapid.Uint64().Draw(t, "seed"))
 		if err != nil {
@@ -293,4 +296,29 @@ func anyField(n *node, ok func(*crdt.Field) bool) *crdt.Field {
 		}
 	}
 	return nil
+}
+
+// TestSimRetriesDoNotMultiplyCatchUps: a catch-up that outlives the retry
+// period is asked for again, and the answers to the replaced request still
+// arrive. Followed too, they ran a second catch-up beside the first, and
+// one more for every retry: with a retry every tick, replicas exchanged
+// 3 to 4 times the messages of the same history with a retry every ten.
+// Only the answer to the latest request may lead on.
+func TestSimRetriesDoNotMultiplyCatchUps(t *testing.T) {
+	cfg := Config{Regions: 2, Devices: 4, Ops: 300, Docs: 4, PageSize: 1}
+	for seed := uint64(1); seed <= 3; seed++ {
+		var delivered [2]int
+		for i, retry := range []int{1, 10} {
+			cfg.RetryTicks = retry
+			res, err := cfg.Run(seed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			delivered[i] = res.Delivered
+		}
+		if delivered[0] > 2*delivered[1] {
+			t.Errorf("seed %d: %d messages with a retry every tick, %d with one every ten ticks: catch-ups multiply",
+				seed, delivered[0], delivered[1])
+		}
+	}
 }
