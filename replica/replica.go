@@ -738,10 +738,18 @@ func (r *Replica) answerSync(m Message) error {
 			continue
 		}
 		out.Base[reg], out.Head[reg] = from-1, from-1+uint64(n)
-		for _, c := range cs[:n] {
-			if len(m.Colls) == 0 || slices.Contains(m.Colls, c.Coll) || c.Coll == resolver.SchemaColl {
-				out.Changes = append(out.Changes, c)
-			}
+		page := cs[:n:n]
+		if len(m.Colls) > 0 {
+			page = slices.DeleteFunc(page, func(c crdt.Change) bool {
+				return !slices.Contains(m.Colls, c.Coll) && c.Coll != resolver.SchemaColl
+			})
+		}
+		// Log's slice is ours: the first region's page is sent as it is,
+		// not copied.
+		if out.Changes == nil {
+			out.Changes = page
+		} else {
+			out.Changes = append(out.Changes, page...)
 		}
 		limit -= n
 		if out.Head[reg] < r.durable[reg] {

@@ -20,7 +20,8 @@ type Storage interface {
 	// HasDot reports whether a change with this dot was persisted.
 	HasDot(d crdt.Dot) (bool, error)
 	// Log returns up to limit persisted changes stamped by region with
-	// region sequence numbers from `from` on, in order.
+	// region sequence numbers from `from` on, in order, in a slice the
+	// caller may keep and change.
 	Log(region crdt.ReplicaID, from uint64, limit int) ([]crdt.Change, error)
 }
 
