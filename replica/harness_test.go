@@ -305,14 +305,14 @@ func (e *env) addRegions(c command) error {
 
 func (e *env) addDevice(w *strings.Builder, c command) error {
 	if len(c.pos) != 1 {
-		return errors.New("usage: add-device NAME [region=R] [offline]")
+		return errors.New("usage: add-device NAME [region=R [colls=C,...]]")
 	}
 	n, err := e.addNode(c.pos[0], replica.RoleDevice, 0)
 	if err != nil {
 		return err
 	}
 	if reg, ok := c.get("region"); ok {
-		return e.connectTo(w, n, reg)
+		return e.connectTo(w, n, reg, c)
 	}
 	return nil
 }
@@ -836,16 +836,18 @@ func (e *env) restart(w *strings.Builder, c command) error {
 
 func (e *env) connect(w *strings.Builder, c command) error {
 	if len(c.pos) != 2 {
-		return errors.New("usage: connect DEVICE REGION")
+		return errors.New("usage: connect DEVICE REGION [colls=C,...]")
 	}
 	n, err := e.live(c.pos[0])
 	if err != nil {
 		return err
 	}
-	return e.connectTo(w, n, c.pos[1])
+	return e.connectTo(w, n, c.pos[1], c)
 }
 
-func (e *env) connectTo(w *strings.Builder, n *hnode, region string) error {
+// connectTo connects device n to region; colls=C,... in c makes it follow
+// only those collections.
+func (e *env) connectTo(w *strings.Builder, n *hnode, region string, c command) error {
 	if n.role != replica.RoleDevice {
 		return fmt.Errorf("%s is not a device", n.name)
 	}
@@ -857,7 +859,11 @@ func (e *env) connectTo(w *strings.Builder, n *hnode, region string) error {
 		return fmt.Errorf("%s is not a region", region)
 	}
 	e.link[n.name] = reg.name
-	n.r.Connect(reg.id, nil)
+	var colls []string
+	if v, ok := c.get("colls"); ok {
+		colls = strings.Split(v, ",")
+	}
+	n.r.Connect(reg.id, colls)
 	fmt.Fprintf(w, "%s: connected to %s (outbox %d)\n", n.name, reg.name, n.r.Status().Outbox)
 	return nil
 }
