@@ -44,7 +44,9 @@ type Options struct {
 	URLs      []string // region websocket URLs, e.g. ws://127.0.0.1:8080/v1/ws, tried in order; the device stays with one while it can reach it
 	Namespace string
 	Token     string
-	// Collections the device follows (empty: all).
+	// Collections the device follows (empty: all). Schemas always come.
+	// Following more than the last Open fetches the followed collections
+	// again from the start, once (changes already held are skipped).
 	Collections []string
 	Logger      *slog.Logger
 	// Backoff between connection attempts: from MinBackoff doubling to
@@ -131,6 +133,17 @@ func Open(ctx context.Context, opts Options) (*Client, error) {
 	st, err := sqlitestore.Open(ctx, filepath.Join(opts.Dir, "device.db"), sqlitestore.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("clientsdk: open store: %w", err)
+	}
+	// Before the replica is made: following more collections than last
+	// time resets the vector it starts from (see sqlitestore.Follow).
+	reset, err := st.Follow(ctx, opts.Namespace, opts.Collections)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("clientsdk: %w", err)
+	}
+	if reset {
+		opts.Logger.Info("the followed collections widened: they are fetched again from the start",
+			"ns", opts.Namespace, "collections", opts.Collections)
 	}
 	hw, err := st.NodeState(ctx)
 	if err != nil {

@@ -339,3 +339,49 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatalf("region: stock %s, %d items", rv.Fields["stock"], len(items))
 	}
 }
+
+// TestWidenCollections: a device that followed some collections and is
+// opened again following more gets what was written to them before, not
+// only what is written after: its vector had moved past those changes
+// while they were left out.
+func TestWidenCollections(t *testing.T) {
+	_, url := region(t, "nyc")
+	dir := t.TempDir()
+	ctx := ctxFor(t, 30*time.Second)
+	writer := device(t, url)
+	for _, w := range []error{
+		writer.Doc("carts", "c1").Set(ctx, "title", "groceries"),
+		writer.Doc("notes", "n1").Set(ctx, "text", "call mom"),
+	} {
+		if w != nil {
+			t.Fatal(w)
+		}
+	}
+	if err := writer.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	narrow := device(t, url, func(o *clientsdk.Options) { o.Dir, o.Collections = dir, []string{"carts"} })
+	if err := narrow.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustGet(t, narrow.Doc("carts", "c1")).Fields["title"]; got != "groceries" {
+		t.Fatalf("carts/c1 title = %v on the device following carts", got)
+	}
+	if got := mustGet(t, narrow.Doc("notes", "n1")).Fields; len(got) != 0 {
+		t.Fatalf("notes/n1 = %v on a device not following notes", got)
+	}
+	narrow.Close()
+	for _, colls := range [][]string{{"carts", "notes"}, nil} {
+		wide := device(t, url, func(o *clientsdk.Options) { o.Dir, o.Collections = dir, colls })
+		if err := wide.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := mustGet(t, wide.Doc("notes", "n1")).Fields["text"]; got != "call mom" {
+			t.Errorf("following %v: notes/n1 text = %v, want what was written before", colls, got)
+		}
+		if got := mustGet(t, wide.Doc("carts", "c1")).Fields["title"]; got != "groceries" {
+			t.Errorf("following %v: carts/c1 title = %v", colls, got)
+		}
+		wide.Close()
+	}
+}

@@ -13,7 +13,7 @@
 // (checkpoint.go). One Store
 // per database file: it caches what it wrote.
 //
-// Layout (schema version 1, PRAGMA user_version; keys.go and state.go say
+// Layout (schema version 2, PRAGMA user_version; keys.go and state.go say
 // why it is shaped so):
 //
 //	replica  (id)                        the node's replica id, made once
@@ -24,6 +24,7 @@
 //	dots     (ns, origin, seq)           dots held that the log does not imply
 //	fields   (k = "ns coll doc field", conflict, state)  one row per field state
 //	outbox   (ns, origin, seq, payload)  a device's unacknowledged changes
+//	follows  (ns, colls)                 the collections a device follows (follow.go)
 //
 // A change a region stamped itself has dot == region stamp, so its log row
 // ("own") is its dot record as well and no dots row is written for it:
@@ -135,7 +136,7 @@ type Store struct {
 }
 
 // schemaVersion is this release's PRAGMA user_version.
-const schemaVersion = 1
+const schemaVersion = 2
 
 // migrations[i] brings user_version i to i+1.
 var migrations = []string{
@@ -179,6 +180,10 @@ var migrations = []string{
 		seq     INTEGER NOT NULL CHECK (seq > 0),
 		payload BLOB NOT NULL,
 		PRIMARY KEY (ns, origin, seq)
+	) WITHOUT ROWID;`,
+	`CREATE TABLE follows (
+		ns    TEXT PRIMARY KEY,
+		colls TEXT NOT NULL -- sorted names, comma-separated; '' is every collection
 	) WITHOUT ROWID;`,
 }
 
