@@ -18,6 +18,12 @@
 // match a reference model computed naively, from the semantics, out of the
 // list of every change its origin made durable.
 //
+// With Config.Follow, every third device follows only one of two
+// collections, as a clientsdk device with Options.Collections does: it
+// must hold every change of what it follows and none of the rest (but its
+// own writes), and a device that later follows everything (its vector
+// reset, as sqlitestore.Follow does) must end up holding everything.
+//
 // The loop around each replica is the one every adapter runs: persist the
 // Ready, then send its messages, then Advance. The simulator also checks,
 // on every send, that no message carries a change its origin could still

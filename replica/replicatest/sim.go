@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 
 	"github.com/google/uuid"
@@ -44,6 +45,15 @@ type Config struct {
 	MaxRounds int
 	// TraceLen is how many of the last events a failure shows.
 	TraceLen int
+	// Follow makes every third device follow only the collection with the
+	// schema, not the second one the ops then write too: catch-up pages
+	// and live batches (as the region's gateway filters them) leave it
+	// out. Now and then such a device starts following everything, as a
+	// clientsdk device does when its Collections widen: its vector goes
+	// back to empty (sqlitestore.Follow), its data and outbox stay, and it
+	// restarts. Its documents of the second collection are checked only
+	// once it follows it, but then in full.
+	Follow bool
 	// Wire is the share of deliveries that go through encoding/json, as
 	// on a real transport, rather than handing the Go value over (which
 	// costs several times the replica's own work).
@@ -88,6 +98,9 @@ type Result struct {
 	// MidReadyCrashes struck between Ready and Save; UnsentCrashes between
 	// Save and sending.
 	Crashes, MidReadyCrashes, UnsentCrashes, Partitions, Failovers int
+	// Widened counts devices that went from following one collection to
+	// following all (Config.Follow).
+	Widened int
 	// Rounds is how many tick-and-deliver rounds quiescence took, of which
 	// RegionRounds before the devices were connected.
 	Rounds, RegionRounds int
@@ -164,6 +177,9 @@ func (c *Config) fill() {
 const (
 	ns   = "app"
 	coll = "items"
+	// coll2 is written only with Config.Follow: it has no schema, so its
+	// fields are all lww.
+	coll2 = "notes"
 )
 
 // fieldSpec is a field the ops touch and the kind the schema gives it;
@@ -214,12 +230,22 @@ type node struct {
 	skew int64            // ms its physical clock is off the simulated time
 	far  bool             // its clock runs farSkew ahead
 	up   int              // devices: index of the region connected to, or -1
+	// colls are the collections a device follows (nil: all); partial
+	// says it ever followed fewer (Config.Follow).
+	colls   []string
+	partial bool
 	// pending are this replica's writes not yet in a Ready handed out: a
 	// crash loses them (and those of a Ready handed out but not saved).
 	pending []crdt.Change
 }
 
 func (n *node) isRegion() bool { return n.role == replica.RoleRegion }
+
+// follows reports whether the replica gets the changes of a collection,
+// as the region's gateway decides it: schemas always.
+func (n *node) follows(c string) bool {
+	return n.colls == nil || c == resolver.SchemaColl || slices.Contains(n.colls, c)
+}
 
 type envelope struct {
 	from, to int
@@ -265,6 +291,9 @@ func newSim(cfg Config, seed uint64) *sim {
 			s.regions = append(s.regions, n)
 		} else {
 			n.role, n.name = replica.RoleDevice, fmt.Sprintf("d%d", i-cfg.Regions)
+			if cfg.Follow && (i-cfg.Regions)%3 == 0 {
+				n.colls, n.partial = []string{coll}, true
+			}
 			s.devices = append(s.devices, n)
 		}
 		s.byID[n.id] = i
@@ -450,7 +479,11 @@ func (s *sim) write(n *node) error {
 	fits := true
 	for i := range ops {
 		ops[i] = s.randomOp()
-		if ops[i].Op != crdt.OpDelete && !opFits(ops[i].Op, sc.KindOf(ops[i].Field)) {
+		kind := sc.KindOf(ops[i].Field)
+		if ops[i].Coll != coll {
+			kind = crdt.KindLWW // no schema
+		}
+		if ops[i].Op != crdt.OpDelete && !opFits(ops[i].Op, kind) {
 			fits = false
 		}
 	}
@@ -495,8 +528,12 @@ func opFits(op crdt.Op, k crdt.Kind) bool {
 
 func (s *sim) randomOp() resolver.Op {
 	doc := fmt.Sprintf("d%d", s.rng.IntN(s.cfg.Docs))
+	c := coll
+	if s.cfg.Follow && s.rng.IntN(3) == 0 {
+		c = coll2
+	}
 	if s.rng.IntN(100) < 6 {
-		return resolver.Op{Coll: coll, Doc: doc, Op: crdt.OpDelete}
+		return resolver.Op{Coll: c, Doc: doc, Op: crdt.OpDelete}
 	}
 	f := fields[s.rng.IntN(len(fields))]
 	kind := f.kind
@@ -505,7 +542,7 @@ func (s *sim) randomOp() resolver.Op {
 		// known, and a cross-kind write to merge where it is not.
 		kind = crdt.Kind(1 + s.rng.IntN(4))
 	}
-	op := resolver.Op{Coll: coll, Doc: doc, Field: f.name}
+	op := resolver.Op{Coll: c, Doc: doc, Field: f.name}
 	switch kind {
 	case crdt.KindLWW, crdt.KindManual:
 		op.Op = crdt.OpSet
@@ -561,6 +598,9 @@ func (s *sim) flush(n *node) error {
 				if d.up == n.idx {
 					m := *rd.Fanout
 					m.To = d.id
+					if d.colls != nil {
+						m.Changes = slices.DeleteFunc(slices.Clone(m.Changes), func(c crdt.Change) bool { return !d.follows(c.Coll) })
+					}
 					s.enqueue(n.idx, d.idx, m)
 				}
 			}
@@ -770,8 +810,8 @@ func (s *sim) connect(d *node, r *node) error {
 		return nil
 	}
 	d.up = r.idx
-	d.r.Connect(r.id, nil)
-	s.event(event{kind: evConnect, a: d.idx, b: r.idx})
+	d.r.Connect(r.id, d.colls)
+	s.event(event{kind: evConnect, a: d.idx, b: r.idx, text: strings.Join(d.colls, ",")})
 	if s.rng.IntN(2) == 0 {
 		return s.flush(d)
 	}
@@ -799,6 +839,9 @@ func (s *sim) moveDevice() error {
 	if d.r == nil {
 		return nil
 	}
+	if s.cfg.Follow && d.colls != nil && s.rng.IntN(8) == 0 {
+		return s.widen(d)
+	}
 	if d.up < 0 {
 		return s.connect(d, s.randomRegion())
 	}
@@ -808,6 +851,27 @@ func (s *sim) moveDevice() error {
 	}
 	s.res.Failovers++
 	s.disconnect(d)
+	return s.connect(d, s.randomRegion())
+}
+
+// widen makes a device that follows one collection follow all, as
+// clientsdk.Open does when Options.Collections widens: its vector goes
+// back to empty with its data kept, and a replica is made anew from the
+// store.
+func (s *sim) widen(d *node) error {
+	if err := s.flush(d); err != nil {
+		return err
+	}
+	s.disconnect(d)
+	// A new process on a new connection: nothing in flight on the old one
+	// reaches it. (An answer the region filtered for the old collections
+	// would move the reset vector past what it left out.)
+	s.queue = slices.DeleteFunc(s.queue, func(e envelope) bool { return e.to == d.idx || e.from == d.idx })
+	d.colls = nil
+	d.st.State.Vector = crdt.Vector{}
+	s.start(d)
+	s.res.Widened++
+	s.event(event{kind: evWiden, a: d.idx})
 	return s.connect(d, s.randomRegion())
 }
 

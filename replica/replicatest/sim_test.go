@@ -322,3 +322,37 @@ func TestSimRetriesDoNotMultiplyCatchUps(t *testing.T) {
 		}
 	}
 }
+
+// TestSimFollow plays the default deployment with every third device
+// following only one of two collections, some of them later following
+// both (Config.Follow): filtered pages and live batches, and a vector
+// reset that must bring back everything left out.
+func TestSimFollow(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Follow = true
+	cfg.TraceLen = *traceLen
+	n := max(defaultSeeds/20, 3)
+	var (
+		next    atomic.Uint64
+		widened atomic.Int64
+		wg      sync.WaitGroup
+	)
+	next.Store(1)
+	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
+		wg.Go(func() {
+			for s := next.Add(1) - 1; s <= uint64(n) && !t.Failed(); s = next.Add(1) - 1 {
+				res, err := cfg.Run(s)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				widened.Add(int64(res.Widened))
+			}
+		})
+	}
+	wg.Wait()
+	if widened.Load() == 0 {
+		t.Fatalf("%d seeds and no device widened what it follows", n)
+	}
+	t.Logf("%d seeds, %d devices widened", n, widened.Load())
+}

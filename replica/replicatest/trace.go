@@ -28,6 +28,7 @@ const (
 	evQuiesce
 	evSettled
 	evMeanwhile
+	evWiden
 )
 
 // event is one line of a run's trace, kept raw and formatted only when a
@@ -129,6 +130,11 @@ func (t *ring) format(e event) string {
 		fmt.Fprintf(&b, "%s -> %s LOST (%s) %s", name(e.a), name(e.b), e.text, s.fmtMsg(e.msg))
 	case evConnect:
 		fmt.Fprintf(&b, "%s connects to %s", name(e.a), name(e.b))
+		if e.text != "" {
+			fmt.Fprintf(&b, " following %s", e.text)
+		}
+	case evWiden:
+		fmt.Fprintf(&b, "%s follows every collection now: vector reset, restart", name(e.a))
 	case evDisconnect:
 		fmt.Fprintf(&b, "%s disconnects from %s", name(e.a), name(e.b))
 	case evPartition:
