@@ -97,6 +97,9 @@ type Replica struct {
 	colls    []string
 	synced   bool
 	lastErr  *Message
+	// ackTick is when the last push ack came; ackedSent the latest tick at
+	// which a change since acknowledged was pushed (see Tick).
+	ackTick, ackedSent int
 }
 
 // Peer is what a region knows of another region.
@@ -696,6 +699,9 @@ func (r *Replica) stepPushAck(m Message) {
 	for _, c := range r.outbox {
 		if done[c.Dot()] {
 			r.rd.OutboxDone = append(r.rd.OutboxDone, c.Dot())
+			if t, ok := r.pushed[c.Dot()]; ok {
+				r.ackTick, r.ackedSent = r.tick, max(r.ackedSent, t)
+			}
 			delete(r.pushed, c.Dot())
 		} else {
 			kept = append(kept, c)
@@ -840,9 +846,19 @@ func (r *Replica) Tick() {
 		if r.upstream == uuid.Nil {
 			return
 		}
+		// A push unanswered for a retry period is sent again only if it
+		// looks lost: a push sent after it was acknowledged (the region
+		// takes a connection's pushes in order), or no acknowledgement at
+		// all came for a retry period. While acknowledgements keep coming
+		// it is most likely still queued at the region, behind the rest of
+		// a long outbox: sending it again would queue it twice, and again
+		// at every retry (4.5 times the outbox in TestPushRetriesWaitFor
+		// Progress), slowing the region that is already behind.
+		quiet := r.tick-r.ackTick >= r.cfg.RetryTicks
 		var again []crdt.Change
 		for _, c := range r.outbox {
-			if t, ok := r.pushed[c.Dot()]; !ok || r.tick-t >= r.cfg.RetryTicks {
+			t, ok := r.pushed[c.Dot()]
+			if !ok || r.tick-t >= r.cfg.RetryTicks && (quiet || t < r.ackedSent) {
 				again = append(again, c)
 			}
 		}
