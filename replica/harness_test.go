@@ -266,6 +266,8 @@ func (e *env) run(line string) (string, error) {
 		err = e.crash(&w, c)
 	case "restart":
 		err = e.restart(&w, c)
+	case "reset-vector":
+		err = e.resetVector(&w, c)
 	case "connect":
 		err = e.connect(&w, c)
 	case "disconnect":
@@ -834,6 +836,31 @@ func (e *env) restart(w *strings.Builder, c command) error {
 	return nil
 }
 
+// resetVector: reset-vector DEVICE. The device's stored vector goes back
+// to empty, its data and outbox kept, and its replica restarts from the
+// store, as clientsdk.Open does when Options.Collections widens
+// (sqlitestore.Follow). Messages in flight to it still arrive.
+func (e *env) resetVector(w *strings.Builder, c command) error {
+	if len(c.pos) != 1 {
+		return errors.New("usage: reset-vector DEVICE")
+	}
+	n, err := e.live(c.pos[0])
+	if err != nil {
+		return err
+	}
+	if n.role != replica.RoleDevice {
+		return fmt.Errorf("%s is not a device", n.name)
+	}
+	if n.r.HasReady() {
+		return fmt.Errorf("%s has an unsaved Ready", n.name)
+	}
+	n.st.State.Vector = crdt.Vector{}
+	delete(e.link, n.name)
+	e.start(n)
+	fmt.Fprintf(w, "%s: vector reset, restarted (outbox %d)\n", n.name, n.r.Status().Outbox)
+	return nil
+}
+
 func (e *env) connect(w *strings.Builder, c command) error {
 	if len(c.pos) != 2 {
 		return errors.New("usage: connect DEVICE REGION [colls=C,...]")
@@ -1179,6 +1206,9 @@ func (e *env) fmtMsg(m *replica.Message) string {
 		}
 		if m.More {
 			s += " more"
+		}
+		if len(m.Colls) > 0 {
+			s += " for " + strings.Join(m.Colls, ",")
 		}
 		return s
 	case replica.MsgHeartbeat, replica.MsgAck:

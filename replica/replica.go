@@ -557,6 +557,12 @@ func (r *Replica) stepBatch(m Message) error {
 	if r.cfg.Role == RoleDevice && m.From != r.upstream {
 		return nil // from a region this device has left; its catch-up will cover it
 	}
+	if r.cfg.Role == RoleDevice && m.Sync && len(m.Colls) > 0 && !sameColls(m.Colls, r.colls) {
+		// A page filtered for other collections than this device follows
+		// now: the answer to a request from before it followed more. Its
+		// ranges would move the vector past what it left out.
+		return nil
+	}
 	// An answer to an older request is applied like any batch, but it
 	// neither ends the request in flight nor leads anywhere: following it
 	// too would run a second catch-up alongside the first, pulling every
@@ -722,7 +728,9 @@ func (r *Replica) answerSync(m Message) error {
 			return fmt.Errorf("sync request from %s: %w", m.From, err)
 		}
 	}
-	out := Message{Type: MsgBatch, To: m.From, Sync: true, Base: crdt.Vector{}, Head: crdt.Vector{}}
+	// The answer names the collections it was filtered for: its ranges
+	// cover what it leaves out (see stepBatch).
+	out := Message{Type: MsgBatch, To: m.From, Sync: true, Base: crdt.Vector{}, Head: crdt.Vector{}, Colls: m.Colls}
 	for _, reg := range r.durable.Regions() {
 		from := m.Vector[reg] + 1
 		if r.durable[reg] < from {
@@ -780,6 +788,25 @@ func (r *Replica) requestSync(peer crdt.ReplicaID, force bool) {
 	r.syncing[peer] = r.tick
 	r.asked[peer] = r.vector.Clone()
 	r.send(Message{Type: MsgSyncReq, To: peer, Vector: r.vector.Clone(), Colls: r.colls, Limit: r.cfg.PageSize})
+}
+
+// sameColls reports whether two lists name the same collections (none:
+// all).
+func sameColls(a, b []string) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return len(a) == len(b)
+	}
+	for _, c := range a {
+		if !slices.Contains(b, c) {
+			return false
+		}
+	}
+	for _, c := range b {
+		if !slices.Contains(a, c) {
+			return false
+		}
+	}
+	return true
 }
 
 // leadsOn reports whether sync answer m is one to follow: a page starts

@@ -863,10 +863,11 @@ func (s *sim) widen(d *node) error {
 		return err
 	}
 	s.disconnect(d)
-	// A new process on a new connection: nothing in flight on the old one
-	// reaches it. (An answer the region filtered for the old collections
-	// would move the reset vector past what it left out.)
-	s.queue = slices.DeleteFunc(s.queue, func(e envelope) bool { return e.to == d.idx || e.from == d.idx })
+	// What is in flight to the old replica reaches the new one, as a
+	// region's answer to the old connection's request reaches the new
+	// connection (the gateway hands a device's messages to its newest
+	// session): a page filtered for the old collections must not move the
+	// reset vector past what it left out.
 	d.colls = nil
 	d.st.State.Vector = crdt.Vector{}
 	s.start(d)
