@@ -863,11 +863,13 @@ func (s *sim) widen(d *node) error {
 		return err
 	}
 	s.disconnect(d)
-	// What is in flight to the old replica reaches the new one, as a
-	// region's answer to the old connection's request reaches the new
-	// connection (the gateway hands a device's messages to its newest
-	// session): a page filtered for the old collections must not move the
-	// reset vector past what it left out.
+	// The old connection's queue dies with it: what is in flight to the
+	// device is lost (live batches filtered for the old collections among
+	// it). What it sent may still arrive, and the region's answer to such
+	// a request then reaches the new connection, as the gateway hands a
+	// device's messages to its newest session: a page filtered for the old
+	// collections must not move the reset vector past what it left out.
+	s.queue = slices.DeleteFunc(s.queue, func(e envelope) bool { return e.to == d.idx })
 	d.colls = nil
 	d.st.State.Vector = crdt.Vector{}
 	s.start(d)
