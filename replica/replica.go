@@ -879,8 +879,8 @@ func (r *Replica) Tick() {
 		// all came for a retry period. While acknowledgements keep coming
 		// it is most likely still queued at the region, behind the rest of
 		// a long outbox: sending it again would queue it twice, and again
-		// at every retry (4.5 times the outbox in TestPushRetriesWaitFor
-		// Progress), slowing the region that is already behind.
+		// at every retry, slowing the region that is already behind
+		// (TestPushRetriesWaitForProgress pushed 4.5 times the outbox).
 		quiet := r.tick-r.ackTick >= r.cfg.RetryTicks
 		var again []crdt.Change
 		for _, c := range r.outbox {
