@@ -50,14 +50,12 @@ func (s *Store) Follow(ctx context.Context, ns string, colls []string) (reset bo
 	if s.inTx {
 		return false, fmt.Errorf("sqlitestore: follow: inside a save")
 	}
-	if s.rtx {
-		s.rtx = false // the loop's read transaction becomes this one (see reading)
-	} else if err := w.exec(qBegin); err != nil {
+	if err := s.beginWrite(w); err != nil {
 		return false, fmt.Errorf("sqlitestore: follow: begin: %w", err)
 	}
 	defer func() {
 		if err != nil {
-			_ = w.exec(qRollback)
+			s.rollback(w, err)
 		}
 	}()
 	var had *[]string
@@ -72,15 +70,11 @@ func (s *Store) Follow(ctx context.Context, ns string, colls []string) (reset bo
 	}, ns); err != nil {
 		return false, fmt.Errorf("sqlitestore: follow: %w", err)
 	}
-	var held bool
-	if err := w.query("SELECT vector FROM ns_state WHERE ns = ?", func(row []driverValue) error {
-		b, _ := row[0].([]byte)
-		v, err := decodeVector(b)
-		held = err != nil || len(v) > 0
-		return err
-	}, ns); err != nil {
-		return false, fmt.Errorf("sqlitestore: follow: state: %w", err)
+	st, err := s.loadState(w, ns)
+	if err != nil {
+		return false, fmt.Errorf("sqlitestore: follow: %w", err)
 	}
+	held := len(st.Vector) > 0
 	switch {
 	case !held:
 	case had == nil:

@@ -54,13 +54,7 @@ func (s *Store) Save(ctx context.Context, rds []*replica.Ready) (err error) {
 	if err != nil {
 		return err
 	}
-	if s.rtx {
-		// The loop's reads since the last Save ran in a deferred
-		// transaction (see reading): it becomes this one at its first
-		// write. Nothing else writes this file, so its snapshot is the
-		// newest and the upgrade cannot be refused.
-		s.rtx = false
-	} else if err := w.exec(qBegin); err != nil {
+	if err := s.beginWrite(w); err != nil {
 		return fmt.Errorf("sqlitestore: save: begin: %w", err)
 	}
 	s.inTx = true
@@ -71,13 +65,8 @@ func (s *Store) Save(ctx context.Context, rds []*replica.Ready) (err error) {
 		s.blog.reset()
 		s.bdots.reset()
 		s.bfields.reset()
-		if err == nil {
-			return
-		}
-		if rerr := w.exec(qRollback); rerr != nil && !strings.Contains(rerr.Error(), "no transaction is active") {
-			// The connection may be inside a transaction we can no
-			// longer end; nothing more may be written through it.
-			s.broken = fmt.Errorf("%w: rollback after %v: %v", ErrBroken, err, rerr)
+		if err != nil {
+			s.rollback(w, err)
 		}
 	}()
 	for _, rd := range rds {
@@ -104,6 +93,28 @@ func (s *Store) Save(ctx context.Context, rds []*replica.Ready) (err error) {
 		}
 	}
 	return nil
+}
+
+// beginWrite starts a write transaction on the writer. If the loop's
+// reads since the last write ran in a deferred transaction (see reading),
+// that one becomes it at its first write: nothing else writes this file,
+// so its snapshot is the newest and the upgrade cannot be refused. Caller
+// holds mu.
+func (s *Store) beginWrite(w *wconn) error {
+	if s.rtx {
+		s.rtx = false
+		return nil
+	}
+	return w.exec(qBegin)
+}
+
+// rollback ends a write transaction that failed with cause. If it cannot,
+// the connection may be inside a transaction no one can end, and nothing
+// more may be written through it. Caller holds mu.
+func (s *Store) rollback(w *wconn, cause error) {
+	if rerr := w.exec(qRollback); rerr != nil && !strings.Contains(rerr.Error(), "no transaction is active") {
+		s.broken = fmt.Errorf("%w: rollback after %v: %v", ErrBroken, cause, rerr)
+	}
 }
 
 // reading opens a deferred transaction on the writer for the loop's
