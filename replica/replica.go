@@ -754,9 +754,7 @@ func (r *Replica) answerSync(m Message) error {
 		out.Base[reg], out.Head[reg] = from-1, from-1+uint64(n)
 		page := cs[:n:n]
 		if len(m.Colls) > 0 {
-			page = slices.DeleteFunc(page, func(c crdt.Change) bool {
-				return !slices.Contains(m.Colls, c.Coll) && c.Coll != resolver.SchemaColl
-			})
+			page = slices.DeleteFunc(page, func(c crdt.Change) bool { return !Follows(m.Colls, c.Coll) })
 		}
 		// Log's slice is ours: the first region's page is sent as it is,
 		// not copied.
@@ -788,6 +786,13 @@ func (r *Replica) requestSync(peer crdt.ReplicaID, force bool) {
 	r.syncing[peer] = r.tick
 	r.asked[peer] = r.vector.Clone()
 	r.send(Message{Type: MsgSyncReq, To: peer, Vector: r.vector.Clone(), Colls: r.colls, Limit: r.cfg.PageSize})
+}
+
+// Follows reports whether a device that follows colls (none: all) gets
+// the changes of collection coll; schemas always come. Sync answers, the
+// region's websocket gateway and the simulator filter by it.
+func Follows(colls []string, coll string) bool {
+	return len(colls) == 0 || coll == resolver.SchemaColl || slices.Contains(colls, coll)
 }
 
 // sameColls reports whether two lists name the same collections (none:

@@ -25,7 +25,6 @@ import (
 	"github.com/syncd/syncd/hlc"
 	"github.com/syncd/syncd/node"
 	"github.com/syncd/syncd/replica"
-	"github.com/syncd/syncd/resolver"
 )
 
 // ProtocolVersion is the websocket protocol's version (docs/protocol.md).
@@ -559,7 +558,7 @@ func filterBatch(m replica.Message, colls []string) replica.Message {
 	out := m
 	out.Changes = nil
 	for _, c := range m.Changes {
-		if c.Coll == resolver.SchemaColl || slices.Contains(colls, c.Coll) {
+		if replica.Follows(colls, c.Coll) {
 			out.Changes = append(out.Changes, c)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/syncd/syncd/crdt"
+	"github.com/syncd/syncd/replica"
 	"github.com/syncd/syncd/resolver"
 )
 
@@ -65,7 +66,7 @@ func (s *sim) check() error {
 		// Replicas against each other first: a divergence is a worse bug
 		// than a wrong but common answer, and says more.
 		for _, n := range s.nodes[1:] {
-			if !n.follows(k.Coll) {
+			if !replica.Follows(n.colls, k.Coll) {
 				continue // it holds its own writes there, and nothing else
 			}
 			if !equalDoc(first.st.DocFields(k), n.st.DocFields(k)) {
@@ -151,7 +152,7 @@ func (s *sim) checkStores() error {
 			return fmt.Errorf("%s: %d writes still in the outbox", n.name, len(n.st.Outbox))
 		}
 		for _, c := range s.model.order {
-			if !n.follows(c.Coll) && c.Origin != n.id {
+			if !replica.Follows(n.colls, c.Coll) && c.Origin != n.id {
 				continue
 			}
 			if !n.st.Dots.Has(c.Dot()) {
@@ -162,7 +163,7 @@ func (s *sim) checkStores() error {
 			// What it does not follow must not have reached it, but for
 			// its own writes.
 			for d := range n.st.Dots.All() {
-				if c := s.model.byDot[d]; c != nil && !n.follows(c.Coll) && c.Origin != n.id {
+				if c := s.model.byDot[d]; c != nil && !replica.Follows(n.colls, c.Coll) && c.Origin != n.id {
 					return fmt.Errorf("%s follows %v and holds %s/%d of %s", n.name, n.colls, s.nameOf(c.Origin), c.Seq, c.Coll)
 				}
 			}

@@ -241,12 +241,6 @@ type node struct {
 
 func (n *node) isRegion() bool { return n.role == replica.RoleRegion }
 
-// follows reports whether the replica gets the changes of a collection,
-// as the region's gateway decides it: schemas always.
-func (n *node) follows(c string) bool {
-	return n.colls == nil || c == resolver.SchemaColl || slices.Contains(n.colls, c)
-}
-
 type envelope struct {
 	from, to int
 	msg      replica.Message
@@ -599,7 +593,7 @@ func (s *sim) flush(n *node) error {
 					m := *rd.Fanout
 					m.To = d.id
 					if d.colls != nil {
-						m.Changes = slices.DeleteFunc(slices.Clone(m.Changes), func(c crdt.Change) bool { return !d.follows(c.Coll) })
+						m.Changes = slices.DeleteFunc(slices.Clone(m.Changes), func(c crdt.Change) bool { return !replica.Follows(d.colls, c.Coll) })
 					}
 					s.enqueue(n.idx, d.idx, m)
 				}
