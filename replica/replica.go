@@ -885,7 +885,8 @@ func (r *Replica) Tick() {
 		// it is most likely still queued at the region, behind the rest of
 		// a long outbox: sending it again would queue it twice, and again
 		// at every retry, slowing the region that is already behind
-		// (TestPushRetriesWaitForProgress pushed 4.5 times the outbox).
+		// (TestPushRetriesWaitForProgress, device_test.go, pushed 4.5 times
+		// the outbox).
 		quiet := r.tick-r.ackTick >= r.cfg.RetryTicks
 		var again []crdt.Change
 		for _, c := range r.outbox {
