@@ -473,11 +473,11 @@ func (s *sim) write(n *node) error {
 	fits := true
 	for i := range ops {
 		ops[i] = s.randomOp()
-		kind := sc.KindOf(ops[i].Field)
-		if ops[i].Coll != coll {
-			kind = crdt.KindLWW // no schema
+		osc, err := n.r.Schema(ops[i].Coll) // coll2 has none: all lww
+		if err != nil {
+			return fmt.Errorf("%s: schema: %w", n.name, err)
 		}
-		if ops[i].Op != crdt.OpDelete && !opFits(ops[i].Op, kind) {
+		if ops[i].Op != crdt.OpDelete && !opFits(ops[i].Op, osc.KindOf(ops[i].Field)) {
 			fits = false
 		}
 	}
