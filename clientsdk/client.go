@@ -252,7 +252,7 @@ func (c *Client) Sync(ctx context.Context) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	var asked *link
-	var probe int64
+	var probe uint64
 	for {
 		st, err := c.n.Status(ctx)
 		if err != nil {
@@ -286,34 +286,65 @@ func (c *Client) Sync(ctx context.Context) error {
 	}
 }
 
-// link is one connection's traffic as Sync needs to see it. The region
-// answers every sync request with exactly one page, in order (the hello
-// counts as the first request), so page k answers request k.
+// link is one connection's traffic as Sync needs to see it. Its sync
+// requests are numbered (replica.Message.Req; the hello is the first)
+// and the region echoes the number on the one page answering each. The
+// region hands a device's messages to its newest connection, so a page
+// answering a request of the connection before (or of another process on
+// the same store) can arrive here: numbers start at random, so theirs
+// never fall in this link's range.
 type link struct {
 	out  chan replica.Message
 	stop context.CancelFunc
 	mu   sync.Mutex
-	// asked counts the sync requests queued; caught is the number of the
-	// latest page without more (a caught-up marker) the replica applied.
-	asked, caught int64
-	pf            *prefetch
-	req           replica.Message // template: ns, from, to, colls
+	// first is the hello's number and last the latest request's; caught
+	// is the highest of them answered by a page without more (a caught-up
+	// marker) that the replica has applied.
+	first, last, caught uint64
+	pf                  *prefetch
+	req                 replica.Message // template: ns, from, to, colls
 }
 
-// send queues a message for the region; it never blocks. A link that
-// cannot keep up is dropped: the next one catches up.
-func (l *link) send(m replica.Message) (asked int64, ok bool) {
+// firstReq numbers a connection's hello. Half the range is left above
+// it for the numbers to grow.
+func firstReq() uint64 { return 1 + rand.Uint64()>>1 }
+
+// newLink makes the link of a connection whose hello was numbered first
+// and sent vector vec.
+func newLink(first uint64, stop context.CancelFunc, vec crdt.Vector, req replica.Message) *link {
+	return &link{out: make(chan replica.Message, 1024), stop: stop, first: first, last: first,
+		pf: &prefetch{ahead: vec.Clone(), asked: []crdt.Vector{vec.Clone()}}, req: req}
+}
+
+// send queues a message for the region, numbering a sync request; it
+// never blocks. A link that cannot keep up is dropped: the next one
+// catches up.
+func (l *link) send(m replica.Message) (req uint64, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if m.Type == replica.MsgSyncReq {
+		l.last++
+		m.Req = l.last
+	}
 	select {
 	case l.out <- m:
-		if m.Type == replica.MsgSyncReq {
-			l.asked++
-		}
-		return l.asked, true
+		return m.Req, true
 	default:
 		l.stop()
 		return 0, false
+	}
+}
+
+// answered records a message the replica has applied: a caught-up marker
+// answering one of this link's requests.
+func (l *link) answered(m replica.Message) {
+	if !m.Sync || m.More {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if m.Req >= l.first && m.Req <= l.last {
+		l.caught = max(l.caught, m.Req)
 	}
 }
 
@@ -321,7 +352,7 @@ var errLinkFull = errors.New("clientsdk: connection cannot keep up")
 
 // probe asks the region for what a replica holding v lacks and returns
 // the request's number.
-func (l *link) probe(v crdt.Vector) (int64, error) {
+func (l *link) probe(v crdt.Vector) (uint64, error) {
 	m := l.req
 	m.Vector = v.Clone()
 	l.pf.sent(m.Vector)
@@ -332,7 +363,7 @@ func (l *link) probe(v crdt.Vector) (int64, error) {
 	return n, nil
 }
 
-func (l *link) caughtUp() int64 {
+func (l *link) caughtUp() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.caught
@@ -412,7 +443,8 @@ func (c *Client) session(ctx context.Context, url string) bool {
 	if err != nil {
 		return false
 	}
-	hello := server.Hello{Type: "hello", Version: server.ProtocolVersion, NS: ns, Replica: c.ReplicaID(), Vector: vec, Colls: c.opts.Collections}
+	hello := server.Hello{Type: "hello", Version: server.ProtocolVersion, NS: ns, Replica: c.ReplicaID(), Vector: vec,
+		Colls: c.opts.Collections, Req: firstReq()}
 	if err := writeJSON(ctx, conn, hello); err != nil {
 		return false
 	}
@@ -438,9 +470,8 @@ func (c *Client) session(ctx context.Context, url string) bool {
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	// The region took the hello's vector as the first sync request.
-	l := &link{out: make(chan replica.Message, 1024), stop: stop, asked: 1,
-		pf:  &prefetch{ahead: vec.Clone(), asked: []crdt.Vector{vec.Clone()}},
-		req: replica.Message{Type: replica.MsgSyncReq, NS: ns, From: c.ReplicaID(), To: w.Region, Colls: c.opts.Collections}}
+	l := newLink(hello.Req, stop, vec,
+		replica.Message{Type: replica.MsgSyncReq, NS: ns, From: c.ReplicaID(), To: w.Region, Colls: c.opts.Collections})
 	send := func(m replica.Message) { // on the device's loop: must not block
 		if m.Type == replica.MsgSyncReq && !l.pf.forward(m.Vector) {
 			return
@@ -477,28 +508,19 @@ func (c *Client) session(ctx context.Context, url string) bool {
 	// Messages are applied in order by one goroutine while this one reads
 	// and decodes the next: on a catch-up, decoding a page overlaps with
 	// storing the one before.
-	type incoming struct {
-		m    replica.Message
-		page int64 // the sync page's number, 0 for anything else
-	}
-	in := make(chan incoming, 2)
+	in := make(chan replica.Message, 2)
 	applied := make(chan struct{})
 	go func() {
 		defer close(applied)
-		for x := range in {
-			c.apply(sctx, x.m)
-			if x.page > 0 && !x.m.More {
-				l.mu.Lock()
-				l.caught = max(l.caught, x.page)
-				l.mu.Unlock()
-			}
+		for m := range in {
+			c.apply(sctx, m)
+			l.answered(m)
 		}
 	}()
 	defer func() {
 		close(in)
 		<-applied
 	}()
-	var pages int64
 	for {
 		// Heartbeats come about once a second: a connection silent much
 		// longer is dead (a half-open socket after a network change
@@ -520,16 +542,11 @@ func (c *Client) session(ctx context.Context, url string) bool {
 		if err := json.Unmarshal(data, &m); err != nil {
 			continue // pong, or a message type this version does not know
 		}
-		x := incoming{m: m}
 		switch m.Type {
 		case replica.MsgError:
 			c.setErr("region %s refused a message: %s: %s", w.Node, m.Code, m.Text)
 			c.log.Warn("region refused a message", "region", w.Node, "code", m.Code, "text", m.Text)
 		case replica.MsgBatch:
-			if m.Sync {
-				pages++
-				x.page = pages
-			}
 			// Ask for the next catch-up page now rather than once this
 			// one is stored, so the region reads it meanwhile; the
 			// replica's own request for it is then dropped.
@@ -540,7 +557,7 @@ func (c *Client) session(ctx context.Context, url string) bool {
 			}
 		}
 		select {
-		case in <- x:
+		case in <- m:
 		case <-sctx.Done():
 		}
 	}

@@ -730,7 +730,7 @@ func (r *Replica) answerSync(m Message) error {
 	}
 	// The answer names the collections it was filtered for: its ranges
 	// cover what it leaves out (see stepBatch).
-	out := Message{Type: MsgBatch, To: m.From, Sync: true, Base: crdt.Vector{}, Head: crdt.Vector{}, Colls: m.Colls}
+	out := Message{Type: MsgBatch, To: m.From, Sync: true, Base: crdt.Vector{}, Head: crdt.Vector{}, Colls: m.Colls, Req: m.Req}
 	for _, reg := range r.durable.Regions() {
 		from := m.Vector[reg] + 1
 		if r.durable[reg] < from {

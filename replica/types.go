@@ -115,6 +115,12 @@ type Message struct {
 	// sender has further pages.
 	Sync bool `json:"sync,omitempty"`
 	More bool `json:"more,omitempty"`
+	// Req is a device's number for a sync request, echoed on the page
+	// that answers it: after a reconnect the region may still deliver an
+	// answer to a request of the connection before, and only the number
+	// tells it apart. Device links only; the region-to-region wire form
+	// (natsbus) does not carry it.
+	Req uint64 `json:"req,omitempty"`
 	// Code and Text explain a MsgError; HLC carries the sender's clock on
 	// a clock_skew refusal so a device can correct its own.
 	Code string        `json:"code,omitempty"`

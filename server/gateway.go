@@ -54,6 +54,9 @@ type Hello struct {
 	Replica crdt.ReplicaID `json:"replica"`
 	Vector  crdt.Vector    `json:"vector"`
 	Colls   []string       `json:"colls,omitempty"`
+	// Req numbers the hello as the first sync request (see
+	// replica.Message.Req); optional.
+	Req uint64 `json:"req,omitempty"`
 }
 
 // Welcome answers a hello.
@@ -251,7 +254,7 @@ func (s *wsSession) open() bool {
 	// The hello's vector is its first sync request; the answer goes out
 	// through the queue, after the welcome.
 	first := replica.Message{Type: replica.MsgSyncReq, NS: s.hello.NS, From: s.hello.Replica, To: n.ID(),
-		Vector: s.hello.Vector, Colls: s.hello.Colls}
+		Vector: s.hello.Vector, Colls: s.hello.Colls, Req: s.hello.Req}
 	if err := n.DeliverDevice(s.ctx, first); err != nil {
 		s.closeWith(websocket.StatusInternalError, clipReason(err.Error()))
 		<-s.closed

@@ -383,12 +383,12 @@ func dialRaw(ctx context.Context, p *proc, hdr http.Header, protos ...string) (*
 
 func bearer(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
 
-// helloRaw sends a hello and returns the first frame the region answers,
-// or the close error.
-func helloRaw(ctx context.Context, c *websocket.Conn, ns string, id uuid.UUID, colls ...string) (map[string]any, error) {
+// helloRaw sends a hello, with any extra fields, and returns the first
+// frame the region answers, or the close error.
+func helloRaw(ctx context.Context, c *websocket.Conn, ns string, id uuid.UUID, extra map[string]any) (map[string]any, error) {
 	h := map[string]any{"type": "hello", "version": 1, "ns": ns, "replica": id, "vector": map[string]any{}}
-	if len(colls) > 0 {
-		h["colls"] = colls
+	for k, v := range extra {
+		h[k] = v
 	}
 	b, _ := json.Marshal(h)
 	if err := c.Write(ctx, websocket.MessageText, b); err != nil {
@@ -402,8 +402,18 @@ func helloRaw(ctx context.Context, c *websocket.Conn, ns string, id uuid.UUID, c
 	return m, json.Unmarshal(data, &m)
 }
 
-// connectRaw dials with the shop token, says hello and starts reading.
+// connectRaw dials with the shop token, says hello following colls (none:
+// all) and starts reading.
 func connectRaw(t *testing.T, p *proc, colls ...string) *raw {
+	t.Helper()
+	if len(colls) == 0 {
+		return connectRawWith(t, p, nil)
+	}
+	return connectRawWith(t, p, map[string]any{"colls": colls})
+}
+
+// connectRawWith is connectRaw with extra fields in the hello.
+func connectRawWith(t *testing.T, p *proc, hello map[string]any) *raw {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -413,7 +423,7 @@ func connectRaw(t *testing.T, p *proc, colls ...string) *raw {
 	}
 	c.SetReadLimit(64 << 20)
 	r := &raw{t: t, c: c, id: uuid.New(), in: make(chan map[string]any, 100_000)}
-	w, err := helloRaw(ctx, c, "shop", r.id, colls...)
+	w, err := helloRaw(ctx, c, "shop", r.id, hello)
 	if err != nil || w["type"] != "welcome" {
 		t.Fatalf("hello: %v %v", w, err)
 	}
@@ -516,7 +526,7 @@ func TestDeviceRefusals(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.CloseNow()
-		_, err = helloRaw(ctx, c, "shop", uuid.New())
+		_, err = helloRaw(ctx, c, "shop", uuid.New(), nil)
 		if websocket.CloseStatus(err) != 4003 {
 			t.Fatalf("want close 4003, got %v", err)
 		}
@@ -535,7 +545,7 @@ func TestDeviceRefusals(t *testing.T) {
 		if c.Subprotocol() != "syncd.v1" {
 			t.Fatalf("subprotocol %q, want syncd.v1", c.Subprotocol())
 		}
-		if w, err := helloRaw(ctx, c, "shop", uuid.New()); err != nil || w["type"] != "welcome" {
+		if w, err := helloRaw(ctx, c, "shop", uuid.New(), nil); err != nil || w["type"] != "welcome" {
 			t.Fatalf("hello: %v %v", w, err)
 		}
 	})
@@ -547,7 +557,7 @@ func TestDeviceRefusals(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.CloseNow()
-		if _, err = helloRaw(ctx, c, "shop", region); websocket.CloseStatus(err) != 4002 {
+		if _, err = helloRaw(ctx, c, "shop", region, nil); websocket.CloseStatus(err) != 4002 {
 			t.Fatalf("hello under the region's id: want close 4002, got %v", err)
 		}
 	})
@@ -558,7 +568,7 @@ func TestDeviceRefusals(t *testing.T) {
 		}
 		r := &raw{t: t, c: c, id: uuid.New(), in: make(chan map[string]any, 100)}
 		defer c.CloseNow()
-		if w, err := helloRaw(ctx, c, "shop", r.id); err != nil || w["type"] != "welcome" {
+		if w, err := helloRaw(ctx, c, "shop", r.id, nil); err != nil || w["type"] != "welcome" {
 			t.Fatalf("a read token may follow: %v %v", w, err)
 		}
 		r.readAll()
@@ -676,5 +686,34 @@ func TestSlowDeviceCut(t *testing.T) {
 				return nil
 			}
 		})
+	}
+}
+
+// TestDeviceSyncReqNumbers: the region echoes a sync request's number on
+// the page answering it, the hello's included, so a device can tell an
+// answer to its connection before from one to its own (docs/protocol.md
+// §4); a request without one gets a page without one.
+func TestDeviceSyncReqNumbers(t *testing.T) {
+	p := startRegion(t, "nyc", t.TempDir(), "--tokens", tokensFile(t))
+	p.do("PATCH", "/v1/docs/shop/notes/n1", `{"title":"a"}`, auth...)
+	r := connectRawWith(t, p, map[string]any{"req": 41})
+	r.readAll()
+	page := func() map[string]any {
+		for {
+			if m := r.next("batch"); m["sync"] == true {
+				return m
+			}
+		}
+	}
+	if m := page(); m["req"] != float64(41) || len(m["changes"].([]any)) == 0 {
+		t.Fatalf("the hello's page: req %v, %d changes; want req 41 and the region's changes", m["req"], len(m["changes"].([]any)))
+	}
+	r.send(map[string]any{"type": "sync_req", "vector": map[string]any{}, "req": uint64(1) << 62})
+	if m := page(); m["req"] != float64(uint64(1)<<62) {
+		t.Fatalf("the page answering request 2^62 says req %v", m["req"])
+	}
+	r.send(map[string]any{"type": "sync_req", "vector": map[string]any{}})
+	if m := page(); m["req"] != nil {
+		t.Fatalf("the page answering an unnumbered request says req %v", m["req"])
 	}
 }
