@@ -25,6 +25,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(envDeviceDir) != "" {
+		os.Exit(runDevice())
+	}
 	dir, err := os.MkdirTemp("", "syncd-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
