@@ -225,7 +225,7 @@ func TestTwoDevices(t *testing.T) {
 			remote++
 		}
 	}
-	if local != 1 || remote < 6 {
+	if local != 1 || remote != 6 {
 		t.Fatalf("watch: %d local, %d remote changes", local, remote)
 	}
 	if st := a.Status(); !st.Connected || st.Region != "nyc" || st.Pending != 0 || !st.Synced || st.LastSync.IsZero() {
@@ -371,10 +371,28 @@ func TestWidenCollections(t *testing.T) {
 		t.Fatalf("notes/n1 = %v on a device not following notes", got)
 	}
 	narrow.Close()
-	for _, colls := range [][]string{{"carts", "notes"}, nil} {
+	for i, colls := range [][]string{{"carts", "notes"}, nil} {
 		wide := device(t, url, func(o *clientsdk.Options) { o.Dir, o.Collections = dir, colls })
+		// The re-fetch brings carts/c1 again: no news. notes/n1 is news
+		// once, on the first widening.
+		wctx, stop := context.WithCancel(ctx)
+		carts, err := wide.Watch(wctx, "carts")
+		if err != nil {
+			t.Fatal(err)
+		}
+		notes, err := wide.Watch(wctx, "notes")
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := wide.Sync(ctx); err != nil {
 			t.Fatal(err)
+		}
+		stop()
+		if n := len(carts); n != 0 {
+			t.Errorf("following %v: Watch reported %d carts changes the device held before", colls, n)
+		}
+		if n, want := len(notes), 1-i; n != want {
+			t.Errorf("following %v: Watch reported %d notes changes, want %d", colls, n, want)
 		}
 		if got := mustGet(t, wide.Doc("notes", "n1")).Fields["text"]; got != "call mom" {
 			t.Errorf("following %v: notes/n1 text = %v, want what was written before", colls, got)

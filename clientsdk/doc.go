@@ -171,11 +171,10 @@ func (c *Client) onCommit(rd *replica.Ready) {
 	if len(c.watchers) == 0 {
 		return
 	}
+	// A device's Log holds only what is new to it: not its own writes
+	// coming back stamped, nor what a re-fetch brings again.
 	me := c.ReplicaID()
 	for _, ch := range rd.Log {
-		if ch.Origin == me && ch.RSeq != 0 {
-			continue // our own write coming back stamped: reported when written
-		}
 		for w := range c.watchers {
 			if w.coll != ch.Coll {
 				continue

@@ -597,8 +597,18 @@ func (r *Replica) stepBatch(m Message) error {
 				skewErr = fmt.Errorf("batch from %s: change %s from %s: %w", m.From, c.ID, c.Origin, err)
 				break
 			}
-			if _, err := r.applyRemote(c); err != nil {
+			fresh, err := r.applyRemote(c)
+			if err != nil {
 				return fmt.Errorf("apply batch from %s: %w", m.From, err)
+			}
+			if c.HLC > r.newest[reg] {
+				r.newest[reg] = c.HLC
+			}
+			if !fresh && r.cfg.Role == RoleDevice {
+				// A device keeps no log (see Ready.Log): a change it holds
+				// (its own, back with a stamp, or one fetched again after
+				// its vector was reset) is no news to it.
+				continue
 			}
 			if len(r.rd.Log) == cap(r.rd.Log) {
 				// Room for the rest of the batch at once, rather than
@@ -607,9 +617,6 @@ func (r *Replica) stepBatch(m Message) error {
 				r.rd.Log = slices.Grow(r.rd.Log, len(m.Changes)-i)
 			}
 			r.rd.Log = append(r.rd.Log, *c)
-			if c.HLC > r.newest[reg] {
-				r.newest[reg] = c.HLC
-			}
 		}
 		if upto > have {
 			r.vector[reg] = upto

@@ -152,8 +152,10 @@ type Ready struct {
 	// State is non-nil when the vector, sequence or clock moved.
 	State *State
 	// Log holds the changes newly held: each records its dot, and, when
-	// stamped, is appended to the log under (Region, RSeq). A change seen
-	// before under another stamp appears again with the new stamp only.
+	// stamped, is appended to the log under (Region, RSeq). On a region a
+	// change seen before appears again under each new stamp it comes
+	// with (its logs serve catch-ups and must have no holes); a device
+	// serves no log, so its Log holds only changes new to it.
 	Log []crdt.Change
 	// Fields are the field states that changed, each once, in the order
 	// they were first changed since the last Ready.

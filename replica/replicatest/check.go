@@ -175,12 +175,18 @@ func (s *sim) checkStores() error {
 				}
 			}
 		}
-		if n.partial {
-			// Pages without the collections it did not follow left holes
-			// in its copy of the logs; a device serves no log.
+		vec := n.st.State.Vector
+		if !n.isRegion() {
+			// A device serves no log and logs nothing it held before
+			// (replica.Ready.Log), and pages leave out what it does not
+			// follow: its logs have holes. Its vector must still say it
+			// has seen every region's whole log (what it holds of them is
+			// checked above).
+			if full := s.regions[0].st.State.Vector; !vec.CoversAll(full) || !full.CoversAll(vec) {
+				return fmt.Errorf("%s: vector %v, regions hold %v", n.name, vec, full)
+			}
 			continue
 		}
-		vec := n.st.State.Vector
 		for _, reg := range vec.Regions() {
 			l := n.st.Logs[reg]
 			if uint64(len(l)) != vec[reg] {

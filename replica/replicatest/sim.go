@@ -230,10 +230,8 @@ type node struct {
 	skew int64            // ms its physical clock is off the simulated time
 	far  bool             // its clock runs farSkew ahead
 	up   int              // devices: index of the region connected to, or -1
-	// colls are the collections a device follows (nil: all); partial
-	// says it ever followed fewer (Config.Follow).
-	colls   []string
-	partial bool
+	// colls are the collections a device follows (nil: all).
+	colls []string
 	// pending are this replica's writes not yet in a Ready handed out: a
 	// crash loses them (and those of a Ready handed out but not saved).
 	pending []crdt.Change
@@ -286,7 +284,7 @@ func newSim(cfg Config, seed uint64) *sim {
 		} else {
 			n.role, n.name = replica.RoleDevice, fmt.Sprintf("d%d", i-cfg.Regions)
 			if cfg.Follow && (i-cfg.Regions)%3 == 0 {
-				n.colls, n.partial = []string{coll}, true
+				n.colls = []string{coll}
 			}
 			s.devices = append(s.devices, n)
 		}
