@@ -28,6 +28,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -143,13 +144,65 @@ func startServer(o Options) (*server.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
+	// nats-server says why it cannot start (a port already in use, most
+	// often) only through its logger: keep its errors, so a failed start
+	// says so at once instead of timing out.
+	lg := &startLog{}
+	srv.SetLogger(lg, false, false)
 	go srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		srv.Shutdown()
-		return nil, errors.New("embedded nats: not ready after 10s")
+	for deadline := time.Now().Add(10 * time.Second); !srv.ReadyForConnections(50 * time.Millisecond); {
+		if msg := lg.fatal(); msg != "" {
+			srv.Shutdown()
+			return nil, fmt.Errorf("embedded nats: %s", msg)
+		}
+		if time.Now().After(deadline) {
+			srv.Shutdown()
+			if msg := lg.lastError(); msg != "" {
+				return nil, fmt.Errorf("embedded nats: not ready after 10s: %s", msg)
+			}
+			return nil, errors.New("embedded nats: not ready after 10s")
+		}
 	}
 	return srv, nil
 }
+
+// startLog is the embedded server's logger: it drops everything but
+// errors, and keeps the first fatal one and the last other one.
+type startLog struct {
+	mu            sync.Mutex
+	first, errMsg string
+}
+
+func (l *startLog) Fatalf(format string, v ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.first == "" {
+		l.first = fmt.Sprintf(format, v...)
+	}
+}
+
+func (l *startLog) Errorf(format string, v ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.errMsg = fmt.Sprintf(format, v...)
+}
+
+func (l *startLog) fatal() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.first
+}
+
+func (l *startLog) lastError() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.errMsg
+}
+
+func (*startLog) Noticef(string, ...any) {}
+func (*startLog) Warnf(string, ...any)   {}
+func (*startLog) Debugf(string, ...any)  {}
+func (*startLog) Tracef(string, ...any)  {}
 
 func orDefault(s, d string) string {
 	if s == "" {

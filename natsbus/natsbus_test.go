@@ -486,3 +486,26 @@ func TestConfigWithoutPort(t *testing.T) {
 		t.Fatalf("cluster listener %q", buses[1].ClusterAddr())
 	}
 }
+
+// TestPortInUse: a cluster port another program holds is refused at
+// once, and the error says which port and why.
+func TestPortInUse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	start := time.Now()
+	_, err = Start(context.Background(), ids[0], Options{Name: "a", ClusterPort: port})
+	if err == nil {
+		t.Fatal("started on a cluster port in use")
+	}
+	if msg := err.Error(); !strings.Contains(msg, fmt.Sprint(port)) || !strings.Contains(msg, "in use") {
+		t.Fatalf("error %q does not say the port %d is in use", msg, port)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("took %v to fail", d)
+	}
+	t.Log(err)
+}
