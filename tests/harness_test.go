@@ -9,12 +9,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -232,15 +234,43 @@ func field(r response, name string) string {
 	return string(b)
 }
 
-// freePort asks the kernel for a port that is free now.
+var (
+	portsMu sync.Mutex
+	ports   = map[int]bool{} // handed out by freePort
+)
+
+// freePort returns a port that is free now and was not handed out
+// before, below the kernel's range of ephemeral ports. Tests restart
+// processes on fixed ports; one from that range could be taken while its
+// process is down by anything that asks for a random one (an embedded
+// NATS client listener, an outgoing connection), and the restart fail.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	lo := 32768 // Linux's default start of the range
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 11000 {
+				lo = n
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 1000 {
+		p := 10000 + rand.IntN(lo-10000)
+		if ports[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		ports[p] = true
+		return p
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return 0
 }
 
 // eventually retries f until it returns nil or the deadline passes.
