@@ -3,10 +3,13 @@ package tests
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -82,6 +85,36 @@ func TestChaos(t *testing.T) {
 	down := make([]bool, n)
 	isolated := make([]bool, n)
 	ctx := context.Background()
+	// Meanwhile a writer counts over HTTP without pause, so that kills
+	// and isolations land in the middle of writes; a write to a region
+	// that is down fails, and counts as tried.
+	var bgAcked, bgTried atomic.Int64
+	stopBG, bgDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(bgDone)
+		r := rand.New(rand.NewPCG(seed, 9))
+		for {
+			select {
+			case <-stopBG:
+				return
+			default:
+			}
+			d := int64(1 + r.IntN(5))
+			bgTried.Add(d)
+			u := fmt.Sprintf("http://127.0.0.1:%d/v1/docs/shop/carts/stock/ops", hports[r.IntN(n)])
+			body := fmt.Sprintf(`{"ops":[{"field":"stock","op":"incr","value":%d}]}`, d)
+			resp, err := client.Post(u, "application/json", strings.NewReader(body))
+			if err != nil {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				bgAcked.Add(d)
+			}
+		}
+	}()
 	var httpWrites, devWrites, isolations, kills, closes int
 	for s := 0; s < steps; s++ {
 		doc := docs[rng.IntN(len(docs))]
@@ -180,8 +213,11 @@ func TestChaos(t *testing.T) {
 		}
 	}
 
-	t.Logf("%d HTTP writes, %d device writes, %d isolations or heals, %d kills, %d devices closed",
-		httpWrites, devWrites, isolations, kills, closes)
+	close(stopBG)
+	<-bgDone
+	ackedSum, triedSum = ackedSum+bgAcked.Load(), triedSum+bgTried.Load()
+	t.Logf("%d HTTP writes, %d device writes, %d isolations or heals, %d kills, %d devices closed; %d added to the counter by the background writer",
+		httpWrites, devWrites, isolations, kills, closes, bgAcked.Load())
 
 	// Heal everything and wait for it to settle.
 	for i, p := range c.procs {
