@@ -46,8 +46,8 @@ type Options struct {
 	Token     string
 	// Collections the device follows (empty: all). Schemas always come.
 	// Following more than the last Open fetches the followed collections
-	// again from the start, once: what is held stays as it is, but a
-	// Watch sees those changes again as they arrive.
+	// again from the start, once: what is held stays as it is, and Watch
+	// reports only what the device did not hold.
 	Collections []string
 	Logger      *slog.Logger
 	// Backoff between connection attempts: from MinBackoff doubling to
