@@ -87,18 +87,17 @@ func TestChaos(t *testing.T) {
 	ctx := context.Background()
 	// Meanwhile a writer counts over HTTP without pause, so that kills
 	// and isolations land in the middle of writes; a write to a region
-	// that is down fails, and counts as tried.
+	// that is down fails, and counts as tried. Any answer but 200 is a
+	// failure, as in the steps below.
 	var bgAcked, bgTried atomic.Int64
-	stopBG, bgDone := make(chan struct{}), make(chan struct{})
+	var bgBad atomic.Value // the first answer that was not 200
+	bgCtx, stopBG := context.WithCancel(ctx)
+	bgDone := make(chan struct{})
+	t.Cleanup(func() { stopBG(); <-bgDone })
 	go func() {
 		defer close(bgDone)
 		r := rand.New(rand.NewPCG(seed, 9))
-		for {
-			select {
-			case <-stopBG:
-				return
-			default:
-			}
+		for bgCtx.Err() == nil {
 			d := int64(1 + r.IntN(5))
 			bgTried.Add(d)
 			u := fmt.Sprintf("http://127.0.0.1:%d/v1/docs/shop/carts/stock/ops", hports[r.IntN(n)])
@@ -108,10 +107,14 @@ func TestChaos(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 				continue
 			}
-			io.Copy(io.Discard, resp.Body)
+			b, rerr := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if resp.StatusCode == 200 {
+			switch {
+			case rerr != nil: // cut off mid-answer: not acknowledged
+			case resp.StatusCode == 200:
 				bgAcked.Add(d)
+			default:
+				bgBad.CompareAndSwap(nil, fmt.Sprintf("%s: %d %s", u, resp.StatusCode, b))
 			}
 		}
 	}()
@@ -213,8 +216,11 @@ func TestChaos(t *testing.T) {
 		}
 	}
 
-	close(stopBG)
+	stopBG()
 	<-bgDone
+	if bad := bgBad.Load(); bad != nil {
+		t.Fatalf("background write: %s", bad)
+	}
 	ackedSum, triedSum = ackedSum+bgAcked.Load(), triedSum+bgTried.Load()
 	t.Logf("%d HTTP writes, %d device writes, %d isolations or heals, %d kills, %d devices closed; %d added to the counter by the background writer",
 		httpWrites, devWrites, isolations, kills, closes, bgAcked.Load())
