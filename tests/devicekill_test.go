@@ -90,6 +90,14 @@ func TestDeviceKill9KeepsWrites(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// On failure: stop the device, and only then read what it said
+		// (exec copies its stderr until it has exited).
+		fail := func(format string, a ...any) {
+			t.Helper()
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf(format+": %s", append(a, stderr.String())...)
+		}
 		acks := make(chan int, 1<<16)
 		go func() {
 			defer close(acks)
@@ -108,14 +116,14 @@ func TestDeviceKill9KeepsWrites(t *testing.T) {
 			select {
 			case i, ok := <-acks:
 				if !ok {
-					t.Fatalf("kill %d: the device exited: %s", k, stderr.String())
+					fail("kill %d: the device exited", k)
 				}
 				last = i
 				if regionToo && n == steps/2 {
 					p.kill9()
 				}
 			case <-time.After(30 * time.Second):
-				t.Fatalf("kill %d: no ack for 30s: %s", k, stderr.String())
+				fail("kill %d: no ack for 30s", k)
 			}
 		}
 		cmd.Process.Kill()
